@@ -1,0 +1,354 @@
+"""The Redis queue protocol: keys, payload encoding and the Lua scripts.
+
+This module is the only place that knows how events sit in Redis.
+
+    push     endpoint --RPUSH--> ab:{abflow}:queue            (one round trip, capped)
+    claim    queue --LPOP n--> ab:{abflow}:inflight:<uuid>     + lease in ab:{abflow}:leases
+    ack      after the PostgreSQL commit: drop the in-flight list and its lease,
+             and append the batch's dead letters, in one atomic step
+    release  the database failed: put the batch back at the head of the queue
+    reap     a lease expired (its worker died): put the batch back, counting
+             attempts per event; an event past AB_MAX_ATTEMPTS is dead-lettered
+
+Every step is a Lua script, so it is atomic on the server: any number of
+drains may run at once and an event is always in exactly one place (queue,
+one in-flight list, or the dead-letter list). All keys share the hash tag
+``{abflow}`` so the scripts also run on Redis Cluster, where a script may only
+touch keys of one slot.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from functools import lru_cache
+from typing import Any
+
+import orjson
+import redis
+from redis.commands.core import Script
+from django.conf import settings
+
+EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
+
+# Lua's unpack() is limited by the C stack (about 8000 values), so scripts
+# move items in chunks of this size.
+_LUA_CHUNK = 1000
+
+_LUA_HELPERS = """
+local function push_chunked(cmd, key, items, first)
+  local n = #items
+  local i = first or 1
+  while i <= n do
+    local j = math.min(i + %d - 1, n)
+    redis.call(cmd, key, unpack(items, i, j))
+    i = j + 1
+  end
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+""" % _LUA_CHUNK
+
+# KEYS: queue. ARGV: cap, item...
+# Returns the new depth, or -1 when the queue is over its cap (backpressure).
+_PUSH = """
+local depth = redis.call('LLEN', KEYS[1])
+if depth + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
+local n = #ARGV
+local i = 2
+local result = depth
+while i <= n do
+  local j = math.min(i + %d - 1, n)
+  result = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, j))
+  i = j + 1
+end
+return result
+""" % _LUA_CHUNK
+
+# KEYS: queue, leases, inflight. ARGV: count, lease_ms.
+_CLAIM = _LUA_HELPERS + """
+local items = redis.call('LPOP', KEYS[1], ARGV[1])
+if not items then return {} end
+push_chunked('RPUSH', KEYS[3], items)
+redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[2]), KEYS[3])
+return items
+"""
+
+# KEYS: leases, inflight, dead, attempts. ARGV: dead entry...
+_ACK = _LUA_HELPERS + """
+if redis.call('HLEN', KEYS[4]) > 0 then
+  for _, item in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+    local ok, ev = pcall(cjson.decode, item)
+    if ok and type(ev) == 'table' and ev['id'] then redis.call('HDEL', KEYS[4], ev['id']) end
+  end
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], KEYS[2])
+if #ARGV > 0 then push_chunked('RPUSH', KEYS[3], ARGV) end
+return #ARGV
+"""
+
+# KEYS: queue, leases, inflight. Puts the batch back at the head, in order.
+_RELEASE = _LUA_HELPERS + """
+local items = redis.call('LRANGE', KEYS[3], 0, -1)
+for i = #items, 1, -1 do redis.call('LPUSH', KEYS[1], items[i]) end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[2], KEYS[3])
+return #items
+"""
+
+# KEYS: leases. ARGV: limit. The in-flight lists whose lease has expired.
+_EXPIRED = _LUA_HELPERS + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+"""
+
+# KEYS: queue, leases, inflight, attempts, dead. ARGV: max_attempts.
+# Re-checks the lease inside the script: a batch acked in the meantime is left
+# alone. Returns {requeued, dead_lettered}.
+_REQUEUE = _LUA_HELPERS + """
+local score = redis.call('ZSCORE', KEYS[2], KEYS[3])
+if not score or tonumber(score) > now_ms() then return {0, 0} end
+local items = redis.call('LRANGE', KEYS[3], 0, -1)
+local max_attempts = tonumber(ARGV[1])
+local back, dead = {}, {}
+for _, item in ipairs(items) do
+  local ok, ev = pcall(cjson.decode, item)
+  local attempts = max_attempts
+  if ok and type(ev) == 'table' and ev['id'] then
+    attempts = redis.call('HINCRBY', KEYS[4], ev['id'], 1)
+  end
+  if attempts >= max_attempts then
+    if ok and type(ev) == 'table' and ev['id'] then redis.call('HDEL', KEYS[4], ev['id']) end
+    dead[#dead + 1] = cjson.encode({event = item, error = 'claimed ' .. attempts ..
+      ' times without being written (its worker died each time)', at = now_ms()})
+  else
+    back[#back + 1] = item
+  end
+end
+for i = #back, 1, -1 do redis.call('LPUSH', KEYS[1], back[i]) end
+if #dead > 0 then push_chunked('RPUSH', KEYS[5], dead) end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[2], KEYS[3])
+return {#back, #dead}
+"""
+
+
+class QueueFull(Exception):
+    """The queue is over AB_QUEUE_MAX: the writer is far behind, shed load."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}:{{abflow}}:queue"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}:{{abflow}}:leases"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:{{abflow}}:dead"
+
+    @property
+    def attempts(self) -> str:
+        return f"{self.prefix}:{{abflow}}:attempts"
+
+    @property
+    def inflight_prefix(self) -> str:
+        return f"{self.prefix}:{{abflow}}:inflight:"
+
+    def inflight(self, claim_id: str) -> str:
+        return f"{self.inflight_prefix}{claim_id}"
+
+
+def keys() -> Keys:
+    return Keys(getattr(settings, "AB_QUEUE_KEY_PREFIX", "ab"))
+
+
+@lru_cache(maxsize=8)
+def _client(url: str, timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+        # A connection error must surface at once (the endpoint turns it into
+        # a 503); the drain simply runs again on the next beat.
+        retry_on_timeout=False,
+    )
+
+
+def get_redis() -> redis.Redis:
+    """The process-wide Redis client (one connection pool per URL)."""
+    return _client(settings.REDIS_URL, settings.REDIS_SOCKET_TIMEOUT)
+
+
+# Scripts are sent by SHA (EVALSHA) and loaded on first use on each server.
+_SCRIPTS = {
+    name: Script(None, source.encode())  # bytes: no client needed to hash them
+    for name, source in {
+        "push": _PUSH,
+        "claim": _CLAIM,
+        "ack": _ACK,
+        "release": _RELEASE,
+        "expired": _EXPIRED,
+        "requeue": _REQUEUE,
+    }.items()
+}
+
+
+def _run(name: str, keys: list[str], args: list[Any], client: redis.Redis | None) -> Any:
+    return _SCRIPTS[name](keys=keys, args=args, client=client or get_redis())
+
+
+# --- payload -------------------------------------------------------------------
+
+
+def to_micros(moment: datetime) -> int:
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def encode_event(
+    validated: dict[str, Any], *, user_id: int | None, received_at: datetime
+) -> bytes:
+    """One accepted event as it sits in the queue (compact JSON).
+
+    ``id`` is the event's idempotency key; ``t`` the receive time in epoch
+    microseconds (exact, no float rounding).
+    """
+    event_id = validated.get("event_id") or uuid.uuid4()
+    return orjson.dumps(
+        {
+            "id": str(event_id),
+            "s": validated["session_id"],
+            "v": validated["variant"],
+            "e": validated["event_type"],
+            "n": validated.get("step_number"),
+            "m": validated.get("metadata") or {},
+            "t": to_micros(received_at),
+            "u": user_id,
+        }
+    )
+
+
+def decode_event(item: bytes) -> dict[str, Any]:
+    payload = orjson.loads(item)
+    if not isinstance(payload, dict):
+        raise ValueError("queued item is not a JSON object")
+    return payload
+
+
+def dead_entry(item: bytes, error: str) -> bytes:
+    """A dead letter: the raw queued item, why it failed, and when."""
+    return orjson.dumps(
+        {"event": item.decode("utf-8", "replace"), "error": error, "at": int(time.time() * 1000)}
+    )
+
+
+# --- operations -----------------------------------------------------------------
+
+
+def push(items: Sequence[bytes], *, client: redis.Redis | None = None) -> int:
+    """Append events in one round trip; returns the new depth.
+
+    Raises QueueFull over the cap and redis.RedisError when Redis is down.
+    """
+    if not items:
+        return 0
+    k = keys()
+    depth = _run("push", [k.queue], [settings.AB_QUEUE_MAX, *items], client)
+    if depth < 0:
+        raise QueueFull(f"queue is over AB_QUEUE_MAX={settings.AB_QUEUE_MAX}")
+    return int(depth)
+
+
+@dataclass
+class Claim:
+    key: str
+    items: list[bytes]
+
+
+def claim(count: int, lease_seconds: float, *, client: redis.Redis | None = None) -> Claim | None:
+    """Atomically move up to ``count`` events into a new leased in-flight list."""
+    k = keys()
+    inflight = k.inflight(uuid.uuid4().hex)
+    items = _run("claim", [k.queue, k.leases, inflight], [count, int(lease_seconds * 1000)], client)
+    if not items:
+        return None
+    return Claim(key=inflight, items=list(items))
+
+
+def ack(batch: Claim, dead: Iterable[bytes] = (), *, client: redis.Redis | None = None) -> None:
+    """The batch is committed: forget it, and record its dead letters."""
+    k = keys()
+    _run("ack", [k.leases, batch.key, k.dead, k.attempts], list(dead), client)
+
+
+def release(batch: Claim, *, client: redis.Redis | None = None) -> int:
+    """The database failed: give the batch back, at the head, untouched."""
+    k = keys()
+    return int(_run("release", [k.queue, k.leases, batch.key], [], client))
+
+
+def reap(max_attempts: int, *, limit: int = 100, client: redis.Redis | None = None) -> tuple[int, int]:
+    """Return batches of dead workers to the queue. Returns (requeued, dead_lettered)."""
+    k = keys()
+    requeued = dead = 0
+    for inflight in _run("expired", [k.leases], [limit], client):
+        name = inflight.decode() if isinstance(inflight, bytes) else inflight
+        back, gone = _run("requeue", [k.queue, k.leases, name, k.attempts, k.dead], [max_attempts], client)
+        requeued += int(back)
+        dead += int(gone)
+    return requeued, dead
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    depth: int
+    inflight: int
+    inflight_batches: int
+    dead: int
+    oldest_age_seconds: float | None
+
+
+def stats(*, client: redis.Redis | None = None) -> QueueStats:
+    """Queue depth, events in flight, dead letters and the age of the oldest queued event."""
+    r = client or get_redis()
+    k = keys()
+    pipe = r.pipeline(transaction=False)
+    pipe.llen(k.queue)
+    pipe.zrange(k.leases, 0, -1)
+    pipe.llen(k.dead)
+    pipe.lindex(k.queue, 0)
+    pipe.time()
+    depth, leases, dead, head, (secs, micros) = pipe.execute()
+    inflight = 0
+    if leases:
+        pipe = r.pipeline(transaction=False)
+        for name in leases:
+            pipe.llen(name)
+        inflight = sum(pipe.execute())
+    oldest: float | None = None
+    if head is not None:
+        try:
+            oldest = max(0.0, (secs * 1_000_000 + micros - int(decode_event(head)["t"])) / 1e6)
+        except (ValueError, KeyError, TypeError):
+            oldest = None
+    return QueueStats(
+        depth=int(depth), inflight=inflight, inflight_batches=len(leases), dead=int(dead), oldest_age_seconds=oldest
+    )

@@ -1,0 +1,147 @@
+"""Validation of incoming A/B events.
+
+The spec's serializer, hardened for the asynchronous path: an accepted event
+is written minutes later by a worker, so anything PostgreSQL could refuse
+(NUL characters, lone surrogates, NaN/Infinity, out-of-range integers,
+oversized or deeply nested metadata) must be refused here, by field name,
+while the client is still listening.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import serializers
+
+from . import queue
+from .models import ABEvent
+
+VALID_EVENT_TYPES = [name for name, _ in ABEvent.EVENT_TYPES]
+
+# PostgreSQL's ``integer`` column: a wider value would fail at write time.
+INT32_MAX = 2**31 - 1
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that does not turn numbers, booleans or NaN into strings."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def check_json_value(value: Any, *, depth: int, max_depth: int, path: str = "metadata") -> None:
+    """Reject what JSON in PostgreSQL cannot hold, or what we refuse to store."""
+    if depth > max_depth:
+        raise serializers.ValidationError(f"{path} is nested deeper than {max_depth} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_json_value(key, depth=depth, max_depth=max_depth, path=path)
+            check_json_value(item, depth=depth + 1, max_depth=max_depth, path=f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_json_value(item, depth=depth + 1, max_depth=max_depth, path=f"{path}[{index}]")
+    elif isinstance(value, str):
+        if "\x00" in value:
+            raise serializers.ValidationError(f"{path} contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise serializers.ValidationError(f"{path} contains a lone surrogate") from exc
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise serializers.ValidationError(f"{path} contains NaN or Infinity")
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise serializers.ValidationError(f"{path} contains an integer out of the 64-bit range")
+    else:  # pragma: no cover - the JSON parsers produce nothing else
+        raise serializers.ValidationError(f"{path} contains an unsupported value")
+
+
+class ABEventSerializer(serializers.ModelSerializer):
+    """
+    Serializer для создания события A/B теста
+    """
+
+    # Declared explicitly: the model's unique ``event_id`` would otherwise get
+    # a UniqueValidator, i.e. a PostgreSQL query per request. Uniqueness is
+    # enforced at write time (ignore_conflicts), which is what makes retries safe.
+    event_id = serializers.UUIDField(required=False)
+    session_id = StrictCharField(max_length=100)
+    step_number = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=INT32_MAX)
+    metadata = serializers.JSONField(required=False)
+
+    class Meta:
+        model = ABEvent
+        fields = [
+            "event_id",
+            "session_id",
+            "variant",
+            "event_type",
+            "step_number",
+            "metadata",
+        ]
+
+    def create(self, validated_data: dict[str, Any]) -> ABEvent:
+        # Добавляем user из request, если авторизован
+        request = self.context.get("request")
+        if request and request.user.is_authenticated:
+            validated_data["user"] = request.user
+        return enqueue([validated_data])[0]
+
+    def validate_variant(self, value: str) -> str:
+        """Валидация варианта"""
+        if value not in ["fast", "deep"]:
+            raise serializers.ValidationError("Variant должен быть 'fast' или 'deep'")
+        return value
+
+    def validate_event_type(self, value: str) -> str:
+        """Валидация типа события"""
+        if value not in VALID_EVENT_TYPES:
+            raise serializers.ValidationError(f"Event type должен быть одним из: {', '.join(VALID_EVENT_TYPES)}")
+        return value
+
+    def validate_step_number(self, value: int | None) -> int | None:
+        if value is not None and value > settings.AB_MAX_STEP_NUMBER:
+            raise serializers.ValidationError(f"step_number must be between 0 and {settings.AB_MAX_STEP_NUMBER}")
+        return value
+
+    def validate_metadata(self, value: Any) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("metadata must be a JSON object")
+        check_json_value(value, depth=1, max_depth=settings.AB_MAX_METADATA_DEPTH)
+        size = len(orjson.dumps(value))
+        if size > settings.AB_MAX_METADATA_BYTES:
+            raise serializers.ValidationError(
+                f"metadata is {size} bytes of JSON, over the limit of {settings.AB_MAX_METADATA_BYTES}"
+            )
+        return value
+
+
+def enqueue(validated: list[dict[str, Any]]) -> list[ABEvent]:
+    """Push validated events to the Redis queue in one round trip.
+
+    Stamps the receive time here, at enqueue: that is the event's
+    ``timestamp``, whatever the flush delay. Returns the unsaved rows.
+    """
+    received_at = timezone.now()
+    items: list[bytes] = []
+    events: list[ABEvent] = []
+    for data in validated:
+        data.setdefault("event_id", None)
+        data["event_id"] = data["event_id"] or uuid.uuid4()
+        user = data.get("user")
+        items.append(queue.encode_event(data, user_id=user.pk if user is not None else None, received_at=received_at))
+        events.append(ABEvent(timestamp=received_at, **data))
+    queue.push(items)
+    return events

@@ -1,0 +1,90 @@
+"""Ingest endpoint: validate, push to Redis, answer. Never writes PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from django.conf import settings
+from rest_framework import exceptions, status
+from rest_framework.decorators import api_view, permission_classes
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from . import queue
+from .serializers import ABEventSerializer
+
+
+class QueueUnavailable(exceptions.APIException):
+    """Redis is down or the queue is full: the client should retry later."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "Event queue unavailable, retry later."
+    default_code = "queue_unavailable"
+
+
+@api_view(["POST"])
+@permission_classes([AllowAny])  # Разрешаем анонимным пользователям
+def track_ab_event(request: Request) -> Response:
+    """
+    Endpoint для трекинга событий A/B теста
+
+    POST /api/rest/front/ab-event/
+    """
+    serializer = ABEventSerializer(data=request.data, context={"request": request})
+    if serializer.is_valid():
+        with queue_errors_as_503():
+            serializer.save()
+        return Response({"success": True}, status=status.HTTP_201_CREATED)
+    return Response({"success": False, "errors": serializer.errors}, status=status.HTTP_400_BAD_REQUEST)
+
+
+class queue_errors_as_503:
+    """Turn a Redis outage or a full queue into QueueUnavailable (503 + Retry-After)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, queue.QueueFull):
+            raise QueueUnavailable("Event queue is full, retry later.") from exc
+        if isinstance(exc, redis.RedisError):
+            raise QueueUnavailable() from exc
+        return False
+
+
+# Which key of ``errors`` a request-level failure is reported under.
+_ERROR_FIELDS: list[tuple[type[Exception], str]] = [
+    (exceptions.ParseError, "body"),
+    (exceptions.UnsupportedMediaType, "content_type"),
+    (exceptions.MethodNotAllowed, "method"),
+    (exceptions.Throttled, "throttle"),
+    (exceptions.NotAuthenticated, "auth"),
+    (exceptions.AuthenticationFailed, "auth"),
+    (exceptions.PermissionDenied, "auth"),
+    (QueueUnavailable, "queue"),
+]
+
+
+def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, answering in the spec's envelope: {"success": false, "errors": {...}}.
+
+    Malformed JSON included: DRF's default ``{"detail": ...}`` is not the contract.
+    """
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        errors = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
+    else:
+        field = next((name for cls, name in _ERROR_FIELDS if isinstance(exc, cls)), "detail")
+        detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
+        errors = {field: [str(detail)]}
+    response.data = {"success": False, "errors": errors}
+    if isinstance(exc, QueueUnavailable):
+        response["Retry-After"] = str(settings.AB_RETRY_AFTER)
+    return response

@@ -1,0 +1,237 @@
+"""Settings for abflow, all read from the environment in this one place.
+
+Every knob has a safe default for a developer's machine. In production
+(``ABFLOW_ENV=production``) the process refuses to start with ``DEBUG`` on or
+with the development ``SECRET_KEY``, because both leak data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from server.embedded import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+# --- typed helpers -----------------------------------------------------------
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from exc
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} is below {minimum}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from exc
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} is below {minimum}")
+    return value
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+# --- core ---------------------------------------------------------------------
+
+DEV_SECRET_KEY = "dev-insecure-abflow-secret-key-change-me"
+
+ABFLOW_ENV = env_str("ABFLOW_ENV", "development")
+IS_PRODUCTION = ABFLOW_ENV == "production"
+DEBUG = env_bool("DEBUG", not IS_PRODUCTION)
+SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if IS_PRODUCTION else "localhost,127.0.0.1,[::1],testserver")
+
+if IS_PRODUCTION:
+    if DEBUG:
+        raise ImproperlyConfigured("DEBUG must be off when ABFLOW_ENV=production")
+    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
+        raise ImproperlyConfigured("Set a real SECRET_KEY (32+ characters) when ABFLOW_ENV=production")
+    if not ALLOWED_HOSTS:
+        raise ImproperlyConfigured("Set ALLOWED_HOSTS when ABFLOW_ENV=production")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "server.apps.front",
+]
+
+MIDDLEWARE = [
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "server.urls"
+WSGI_APPLICATION = "server.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "server" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- data stores --------------------------------------------------------------
+
+# With no DATABASE_URL / REDIS_URL the embedded servers that `make run` and
+# `make test` start (server/embedded.py) are used, so any `manage.py` command
+# run beside `make run` talks to the same data.
+DATABASE_URL = env_str("DATABASE_URL", DEFAULT_DATABASE_URL)
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+        conn_health_checks=True,
+    )
+}
+DATABASES["default"].setdefault("OPTIONS", {})
+# A dead database must fail fast in the drain, not hang a worker for minutes.
+DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 3, minimum=1))
+
+REDIS_URL = env_str("REDIS_URL", DEFAULT_REDIS_URL)
+# Short socket timeouts: when Redis is down the endpoint must answer 503 in
+# well under a second instead of hanging the browser's request.
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5, minimum=0.05)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- REST framework -----------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "server.apps.front.parsers.ABEventJSONParser",
+        "server.apps.front.parsers.PlainTextJSONParser",
+    ],
+    "EXCEPTION_HANDLER": "server.apps.front.views.envelope_exception_handler",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+# --- ingestion pipeline ------------------------------------------------------
+
+# Seconds between beat-scheduled drains of the Redis queue into PostgreSQL.
+AB_FLUSH_INTERVAL = env_float("AB_FLUSH_INTERVAL", 2.0, minimum=0.1)
+# Events claimed and written per bulk_create.
+AB_BATCH_SIZE = env_int("AB_BATCH_SIZE", 2000, minimum=1)
+# One drain run stops claiming new batches after this many seconds, so runs
+# stay short and a lease never outlives its worker by much.
+AB_DRAIN_BUDGET = env_float("AB_DRAIN_BUDGET", 20.0, minimum=0.1)
+# A claimed batch whose worker died returns to the queue after this long.
+AB_LEASE_SECONDS = env_int("AB_LEASE_SECONDS", 60, minimum=1)
+# A batch reclaimed this many times (its worker keeps dying on it) goes to the
+# dead-letter list instead of crashing workers forever.
+AB_MAX_ATTEMPTS = env_int("AB_MAX_ATTEMPTS", 5, minimum=1)
+# Backpressure: above this many queued events the endpoint answers 503.
+AB_QUEUE_MAX = env_int("AB_QUEUE_MAX", 5_000_000, minimum=1)
+# Seconds a 503 asks the client to wait before retrying.
+AB_RETRY_AFTER = env_int("AB_RETRY_AFTER", 5, minimum=1)
+# Validation caps (see serializers.py).
+AB_MAX_METADATA_BYTES = env_int("AB_MAX_METADATA_BYTES", 4096, minimum=2)
+AB_MAX_METADATA_DEPTH = env_int("AB_MAX_METADATA_DEPTH", 5, minimum=1)
+AB_MAX_STEP_NUMBER = env_int("AB_MAX_STEP_NUMBER", 1000, minimum=0)
+
+# --- Celery -------------------------------------------------------------------
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ACKS_LATE = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "ab-flush": {
+        "task": "worker.tasks.flush_ab_events",
+        "schedule": AB_FLUSH_INTERVAL,
+        # A stopped worker must not come back to a pile of stale drain runs.
+        "options": {"expires": AB_FLUSH_INTERVAL},
+    },
+}
+
+# --- logging ------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
