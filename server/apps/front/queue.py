@@ -23,17 +23,16 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 import orjson
 import redis
-from redis.commands.core import Script
 from django.conf import settings
+from redis.commands.core import Script
 
-EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Lua's unpack() is limited by the C stack (about 8000 values), so scripts
 # move items in chunks of this size.

@@ -37,9 +37,12 @@ class StrictCharField(serializers.CharField):
 
 
 def check_json_value(value: Any, *, depth: int, max_depth: int, path: str = "metadata") -> None:
-    """Reject what JSON in PostgreSQL cannot hold, or what we refuse to store."""
-    if depth > max_depth:
-        raise serializers.ValidationError(f"{path} is nested deeper than {max_depth} levels")
+    """Reject what JSON in PostgreSQL cannot hold, or what we refuse to store.
+
+    ``depth`` counts objects and arrays: ``{"a": {"b": 1}}`` is two levels.
+    """
+    if isinstance(value, (dict, list)) and depth > max_depth:
+        raise serializers.ValidationError(f"metadata is nested deeper than {max_depth} levels")
     if isinstance(value, dict):
         for key, item in value.items():
             check_json_value(key, depth=depth, max_depth=max_depth, path=path)
