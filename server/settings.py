@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from corsheaders.defaults import default_headers as default_cors_headers
 from django.core.exceptions import ImproperlyConfigured
 
 from server.embedded import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
@@ -101,6 +102,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves collected static files (abtrack.js, admin) from gunicorn, no nginx needed.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Inflates gzip bodies and enforces the body caps (413) before any view reads them.
+    "server.apps.front.middleware.IngestBodyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -165,6 +170,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise: `collectstatic` writes pre-compressed copies; with finders on,
+# the app's static files are served even where collectstatic was never run.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
 
 # --- REST framework -----------------------------------------------------------
 
@@ -182,6 +194,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "server.apps.front.views.envelope_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Reverse proxies in front of gunicorn whose X-Forwarded-For is trusted for
+    # the client IP (throttling). 0: use REMOTE_ADDR, a client cannot spoof it.
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0, minimum=0),
 }
 
 # --- ingestion pipeline ------------------------------------------------------
@@ -206,6 +221,49 @@ AB_RETRY_AFTER = env_int("AB_RETRY_AFTER", 5, minimum=1)
 AB_MAX_METADATA_BYTES = env_int("AB_MAX_METADATA_BYTES", 4096, minimum=2)
 AB_MAX_METADATA_DEPTH = env_int("AB_MAX_METADATA_DEPTH", 5, minimum=1)
 AB_MAX_STEP_NUMBER = env_int("AB_MAX_STEP_NUMBER", 1000, minimum=0)
+
+# --- browser delivery (docs/frontend.md) -------------------------------------
+
+# Events in one POST /api/rest/front/ab-events/ batch.
+AB_BATCH_MAX_EVENTS = env_int("AB_BATCH_MAX_EVENTS", 500, minimum=1)
+# One event's JSON (any unknown keys included): bigger ones are rejected by index.
+AB_MAX_EVENT_BYTES = env_int("AB_MAX_EVENT_BYTES", 8192, minimum=256)
+# Request body cap, both as sent (Content-Length) and, for gzip bodies, after
+# inflating (a gzip bomb stops here): 413 above it.
+AB_MAX_BODY_BYTES = env_int("AB_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+# Paths whose request bodies the middleware inflates and caps.
+AB_INGEST_PATH_PREFIX = "/api/rest/front/"
+# client_ts corrected by the batch's sent_at is clamped to
+# [received_at - AB_CLIENT_TS_MAX_AGE seconds, received_at].
+AB_CLIENT_TS_MAX_AGE = env_int("AB_CLIENT_TS_MAX_AGE", 7 * 86_400, minimum=0)
+# Per-IP rate limit on both ingest endpoints, DRF syntax ("100/s", "6000/min").
+# Empty (default): off, the frontend is trusted.
+AB_THROTTLE_RATE = env_str("AB_THROTTLE_RATE", "")
+
+# The throttle's counters live in Redis, shared by all gunicorn workers.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "abflow-throttle",
+        "OPTIONS": {"socket_timeout": REDIS_SOCKET_TIMEOUT, "socket_connect_timeout": REDIS_SOCKET_TIMEOUT},
+    },
+}
+
+# CORS (django-cors-headers) for the frontend on other origins.
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
+CORS_URLS_REGEX = r"^/api/rest/front/.*$"
+# Browsers cache a preflight this long (Chromium caps it at 2 hours).
+CORS_PREFLIGHT_MAX_AGE = env_int("CORS_PREFLIGHT_MAX_AGE", 7200, minimum=0)
+# Session-authenticated users' cookies may come along; DRF then enforces CSRF.
+CORS_ALLOW_CREDENTIALS = env_bool("CORS_ALLOW_CREDENTIALS", True)
+CORS_ALLOW_HEADERS = (*default_cors_headers, "content-encoding")
+# The client backs off by Retry-After on 503/429; it can only read it if exposed.
+CORS_EXPOSE_HEADERS = ["Retry-After"]
+# A cross-origin POST with a session cookie passes Django's CSRF Origin check
+# only from a trusted origin; by default the same allow-list.
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS") or CORS_ALLOWED_ORIGINS
 
 # --- Celery -------------------------------------------------------------------
 

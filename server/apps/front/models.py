@@ -90,6 +90,23 @@ class ABEvent(models.Model):
         help_text="Идентификатор события (идемпотентность записи)",
     )
 
+    # Added for browser delivery (docs/frontend.md): ``client_ts`` is the
+    # browser's own clock reading when the event happened, stored as sent;
+    # ``event_time`` is that moment on the server's clock, corrected by the
+    # batch's ``sent_at`` and clamped to [timestamp - 7 days, timestamp]
+    # (clocks.py). Analytics should use COALESCE(event_time, timestamp).
+    # Both null for events sent without client_ts (e.g. the spec's client).
+    client_ts = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Время события по часам клиента (как прислано)",
+    )
+    event_time = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Время события по часам сервера (client_ts с поправкой на сдвиг часов)",
+    )
+
     class Meta:
         db_table = "ab_events"
         ordering = ["-timestamp"]

@@ -223,16 +223,23 @@ def from_micros(micros: int) -> datetime:
 
 
 def encode_event(
-    validated: dict[str, Any], *, user_id: int | None, received_at: datetime
+    validated: dict[str, Any], *, user_id: int | None, received_at: datetime, event_time: datetime | None = None
 ) -> bytes:
     """One accepted event as it sits in the queue (compact JSON).
 
     ``id`` is the event's idempotency key; ``t`` the receive time in epoch
-    microseconds (exact, no float rounding).
+    microseconds (exact, no float rounding). Optional, and absent from older
+    items: ``c`` the client's clock reading, ``w`` the corrected event time.
     """
     event_id = validated.get("event_id") or uuid.uuid4()
+    extra: dict[str, int] = {}
+    if validated.get("client_ts") is not None:
+        extra["c"] = to_micros(validated["client_ts"])
+    if event_time is not None:
+        extra["w"] = to_micros(event_time)
     return orjson.dumps(
         {
+            **extra,
             "id": str(event_id),
             "s": validated["session_id"],
             "v": validated["variant"],

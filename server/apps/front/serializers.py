@@ -9,8 +9,10 @@ while the client is still listening.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -19,6 +21,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from . import queue
+from .clocks import ClientTimestampField, corrected_time
 from .models import ABEvent
 
 VALID_EVENT_TYPES = [name for name, _ in ABEvent.EVENT_TYPES]
@@ -81,6 +84,8 @@ class ABEventSerializer(serializers.ModelSerializer):
     session_id = StrictCharField(max_length=100)
     step_number = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=INT32_MAX)
     metadata = serializers.JSONField(required=False)
+    # When the browser recorded the event, on its own clock (see clocks.py).
+    client_ts = ClientTimestampField(required=False, allow_null=True)
 
     class Meta:
         model = ABEvent
@@ -91,14 +96,26 @@ class ABEventSerializer(serializers.ModelSerializer):
             "event_type",
             "step_number",
             "metadata",
+            "client_ts",
         ]
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        # Unknown keys are ignored, not stored, but they still cost parsing:
+        # one event's whole JSON is capped, not only its metadata.
+        if isinstance(data, dict):
+            size = json_size(data)
+            if size > settings.AB_MAX_EVENT_BYTES:
+                raise serializers.ValidationError(
+                    {"event": [f"event is {size} bytes of JSON, over the limit of {settings.AB_MAX_EVENT_BYTES}"]}
+                )
+        return super().to_internal_value(data)
 
     def create(self, validated_data: dict[str, Any]) -> ABEvent:
         # Добавляем user из request, если авторизован
         request = self.context.get("request")
         if request and request.user.is_authenticated:
             validated_data["user"] = request.user
-        return enqueue([validated_data])[0]
+        return enqueue([validated_data], sent_at=self.context.get("sent_at"))[0]
 
     def validate_variant(self, value: str) -> str:
         """Валидация варианта"""
@@ -131,20 +148,36 @@ class ABEventSerializer(serializers.ModelSerializer):
         return value
 
 
-def enqueue(validated: list[dict[str, Any]]) -> list[ABEvent]:
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON (escaped when orjson refuses it, e.g. lone surrogates)."""
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:
+        return len(json.dumps(value, separators=(",", ":"), default=str))
+
+
+def enqueue(validated: list[dict[str, Any]], *, sent_at: datetime | None = None) -> list[ABEvent]:
     """Push validated events to the Redis queue in one round trip.
 
     Stamps the receive time here, at enqueue: that is the event's
-    ``timestamp``, whatever the flush delay. Returns the unsaved rows.
+    ``timestamp``, whatever the flush delay. With the client's ``sent_at``,
+    an event's ``client_ts`` becomes ``event_time`` on the server's clock
+    (clocks.py). Returns the unsaved rows.
     """
     received_at = timezone.now()
+    max_age = timedelta(seconds=settings.AB_CLIENT_TS_MAX_AGE)
     items: list[bytes] = []
     events: list[ABEvent] = []
     for data in validated:
         data.setdefault("event_id", None)
         data["event_id"] = data["event_id"] or uuid.uuid4()
         user = data.get("user")
-        items.append(queue.encode_event(data, user_id=user.pk if user is not None else None, received_at=received_at))
-        events.append(ABEvent(timestamp=received_at, **data))
+        event_time = corrected_time(data.get("client_ts"), sent_at, received_at, max_age)
+        items.append(
+            queue.encode_event(
+                data, user_id=user.pk if user is not None else None, received_at=received_at, event_time=event_time
+            )
+        )
+        events.append(ABEvent(timestamp=received_at, event_time=event_time, **data))
     queue.push(items)
     return events

@@ -1,7 +1,8 @@
 from django.urls import path
 
-from .views import track_ab_event
+from .views import track_ab_event, track_ab_events
 
 urlpatterns = [
     path("ab-event/", track_ab_event, name="ab-event"),
+    path("ab-events/", track_ab_events, name="ab-events"),
 ]

@@ -7,14 +7,16 @@ from typing import Any
 import redis
 from django.conf import settings
 from rest_framework import exceptions, status
-from rest_framework.decorators import api_view, permission_classes
+from rest_framework.decorators import api_view, permission_classes, throttle_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from . import queue
+from .batch import BatchSerializer, ingest_batch, sent_at_of
 from .serializers import ABEventSerializer
+from .throttling import IngestRateThrottle
 
 
 class QueueUnavailable(exceptions.APIException):
@@ -27,18 +29,36 @@ class QueueUnavailable(exceptions.APIException):
 
 @api_view(["POST"])
 @permission_classes([AllowAny])  # Разрешаем анонимным пользователям
+@throttle_classes([IngestRateThrottle])  # off unless AB_THROTTLE_RATE is set
 def track_ab_event(request: Request) -> Response:
     """
     Endpoint для трекинга событий A/B теста
 
     POST /api/rest/front/ab-event/
     """
-    serializer = ABEventSerializer(data=request.data, context={"request": request})
+    context = {"request": request, "sent_at": sent_at_of(request.data)}
+    serializer = ABEventSerializer(data=request.data, context=context)
     if serializer.is_valid():
         with queue_errors_as_503():
             serializer.save()
         return Response({"success": True}, status=status.HTTP_201_CREATED)
     return Response({"success": False, "errors": serializer.errors}, status=status.HTTP_400_BAD_REQUEST)
+
+
+@api_view(["POST"])
+@permission_classes([AllowAny])
+@throttle_classes([IngestRateThrottle])
+def track_ab_events(request: Request) -> Response:
+    """Batch of events: POST /api/rest/front/ab-events/ (batch.py, docs/frontend.md)."""
+    envelope = BatchSerializer(data=request.data)
+    if not envelope.is_valid():
+        return Response({"success": False, "errors": envelope.errors}, status=status.HTTP_400_BAD_REQUEST)
+    user = request.user if request.user.is_authenticated else None
+    with queue_errors_as_503():
+        outcome = ingest_batch(
+            envelope.validated_data["events"], sent_at=envelope.validated_data.get("sent_at"), user=user
+        )
+    return Response({"success": True, "accepted": outcome.accepted, "rejected": outcome.rejected})
 
 
 class queue_errors_as_503:

@@ -47,6 +47,9 @@ def event_from_payload(payload: dict[str, Any]) -> ABEvent:
         metadata=payload.get("m") or {},
         timestamp=queue.from_micros(int(payload["t"])),
         user_id=payload.get("u"),
+        # Optional (items queued before these existed have neither).
+        client_ts=queue.from_micros(int(payload["c"])) if payload.get("c") is not None else None,
+        event_time=queue.from_micros(int(payload["w"])) if payload.get("w") is not None else None,
     )
 
 
