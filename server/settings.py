@@ -100,6 +100,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so the ingest latency histogram covers every layer below it.
+    "server.apps.front.metrics.IngestLatencyMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves collected static files (abtrack.js, admin) from gunicorn, no nginx needed.
@@ -265,6 +267,20 @@ CORS_EXPOSE_HEADERS = ["Retry-After"]
 # only from a trusted origin; by default the same allow-list.
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS") or CORS_ALLOWED_ORIGINS
 
+# Namespace of the queue's Redis keys: several deployments (or test runs) can
+# share one Redis server with different prefixes.
+AB_QUEUE_KEY_PREFIX = env_str("AB_QUEUE_KEY_PREFIX", "ab")
+
+# --- operations (docs/operations.md) -------------------------------------------
+
+# GET /metrics is served to these client addresses/networks (REMOTE_ADDR), or
+# to anyone sending "Authorization: Bearer $METRICS_TOKEN" when that is set.
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# Rejected requests are logged per class (reason, field) with a count, at most
+# once per this many seconds per process, never one line per event.
+AB_REJECTION_LOG_INTERVAL = env_float("AB_REJECTION_LOG_INTERVAL", 60.0, minimum=0.0)
+
 # --- Celery -------------------------------------------------------------------
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
@@ -274,6 +290,8 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Keep Django's LOGGING (JSON lines) in the worker instead of Celery's format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     "ab-flush": {
         "task": "worker.tasks.flush_ab_events",
@@ -285,11 +303,31 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- logging ------------------------------------------------------------------
 
+# LOG_FORMAT=json (default): one JSON object per line, with the fields passed
+# in ``extra`` (drain runs, rejection summaries) as top-level keys, for log
+# shippers. LOG_FORMAT=plain for reading in a terminal.
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not json or plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        # Django's own console handler would print each line a second time, unformatted.
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # One line per 4xx is one line per bad event: rejections are logged
+        # aggregated per class instead (metrics.RejectionLog); 5xx stay.
+        "django.request": {"level": "ERROR"},
+        "django.db.backends": {"level": "WARNING"},
+    },
 }

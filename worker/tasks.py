@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
+from celery.signals import worker_shutting_down
 from django.conf import settings
 
 from celery_app import app
@@ -26,6 +26,18 @@ log = logging.getLogger("abflow.drain")
 def flush_ab_events() -> dict[str, Any]:
     """Drain the Redis queue into PostgreSQL (scheduled by beat every AB_FLUSH_INTERVAL s)."""
     result = writer.drain()
-    if result.claimed or result.requeued or result.dead_lettered or result.error:
-        log.info(json.dumps(result.as_log()))
+    # One structured line per run (its fields become JSON keys under
+    # LOG_FORMAT=json); idle runs, every AB_FLUSH_INTERVAL s, only at DEBUG.
+    busy = result.claimed or result.requeued or result.dead_lettered or result.error
+    log.log(logging.INFO if busy else logging.DEBUG, "ab_drain", extra=result.as_log())
     return result.as_log()
+
+
+@worker_shutting_down.connect
+def _stop_draining(**_: Any) -> None:
+    """SIGTERM (warm shutdown): the running drain acks its batch, then claims no more.
+
+    Sent in the worker's main process, which is where a ``--pool=solo`` worker
+    runs the task; a prefork child finishes within AB_DRAIN_BUDGET instead.
+    """
+    writer.request_stop()

@@ -9,6 +9,10 @@ This module is the only place that knows how events sit in Redis.
     release  the database failed: put the batch back at the head of the queue
     reap     a lease expired (its worker died): put the batch back, counting
              attempts per event; an event past AB_MAX_ATTEMPTS is dead-lettered
+    replay   (operator, after a fix) dead letters --> back to the queue's tail
+    purge    (operator) drop dead letters
+    record_drain  a drain run finished without a database error: note when,
+             so ops can tell a stalled writer from an idle one
 
 Every step is a Lua script, so it is atomic on the server: any number of
 drains may run at once and an event is always in exactly one place (queue,
@@ -138,6 +142,57 @@ return {#back, #dead}
 """
 
 
+# KEYS: drain. ARGV: stored, dead_lettered. Server time, like stats()' ages.
+_RECORD_DRAIN = _LUA_HELPERS + """
+local t = now_ms()
+redis.call('HSET', KEYS[1], 'last_success_ms', t, 'last_stored', ARGV[1], 'last_dead_lettered', ARGV[2])
+return t
+"""
+
+# KEYS: dead, queue. ARGV: mode ('replay' | 'purge'), limit, event_id...
+# Without ids: takes up to ``limit`` entries from the head of the dead list.
+# With ids: takes the entries whose event has one of those ids, wherever they
+# are (walks the whole list, which stays small unless something is badly
+# wrong). 'replay' appends each entry's original queued item to the queue, so
+# the event keeps its event_id and a replay stores it once however often it
+# runs; an entry that is not our JSON is queued raw, and the writer
+# dead-letters it again (nothing is lost). Returns the number taken.
+_DEAD_TAKE = _LUA_HELPERS + """
+local mode, limit = ARGV[1], tonumber(ARGV[2])
+local function item_of(entry)
+  local ok, dead = pcall(cjson.decode, entry)
+  if ok and type(dead) == 'table' and type(dead['event']) == 'string' then return dead['event'] end
+  return entry
+end
+local taken = {}
+if #ARGV > 2 then
+  local wanted = {}
+  for i = 3, #ARGV do wanted[ARGV[i]] = true end
+  local kept = {}
+  for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    local ok, ev = pcall(cjson.decode, item_of(entry))
+    if #taken < limit and ok and type(ev) == 'table' and wanted[ev['id']] then
+      taken[#taken + 1] = entry
+    else
+      kept[#kept + 1] = entry
+    end
+  end
+  if #taken > 0 then
+    redis.call('DEL', KEYS[1])
+    if #kept > 0 then push_chunked('RPUSH', KEYS[1], kept) end
+  end
+else
+  taken = redis.call('LPOP', KEYS[1], limit) or {}
+end
+if mode == 'replay' and #taken > 0 then
+  local items = {}
+  for i, entry in ipairs(taken) do items[i] = item_of(entry) end
+  push_chunked('RPUSH', KEYS[2], items)
+end
+return #taken
+"""
+
+
 class QueueFull(Exception):
     """The queue is over AB_QUEUE_MAX: the writer is far behind, shed load."""
 
@@ -161,6 +216,10 @@ class Keys:
     @property
     def attempts(self) -> str:
         return f"{self.prefix}:{{abflow}}:attempts"
+
+    @property
+    def drain(self) -> str:
+        return f"{self.prefix}:{{abflow}}:drain"
 
     @property
     def inflight_prefix(self) -> str:
@@ -202,6 +261,8 @@ _SCRIPTS = {
         "release": _RELEASE,
         "expired": _EXPIRED,
         "requeue": _REQUEUE,
+        "record_drain": _RECORD_DRAIN,
+        "dead_take": _DEAD_TAKE,
     }.items()
 }
 
@@ -330,6 +391,10 @@ class QueueStats:
     inflight_batches: int
     dead: int
     oldest_age_seconds: float | None
+    # When the last drain run finished without a database error (epoch
+    # seconds, Redis server clock) and how long ago; None if never.
+    last_drain_at: float | None = None
+    last_drain_age_seconds: float | None = None
 
 
 def stats(*, client: redis.Redis | None = None) -> QueueStats:
@@ -341,8 +406,9 @@ def stats(*, client: redis.Redis | None = None) -> QueueStats:
     pipe.zrange(k.leases, 0, -1)
     pipe.llen(k.dead)
     pipe.lindex(k.queue, 0)
+    pipe.hget(k.drain, "last_success_ms")
     pipe.time()
-    depth, leases, dead, head, (secs, micros) = pipe.execute()
+    depth, leases, dead, head, last_drain_ms, (secs, micros) = pipe.execute()
     inflight = 0
     if leases:
         pipe = r.pipeline(transaction=False)
@@ -355,6 +421,84 @@ def stats(*, client: redis.Redis | None = None) -> QueueStats:
             oldest = max(0.0, (secs * 1_000_000 + micros - int(decode_event(head)["t"])) / 1e6)
         except (ValueError, KeyError, TypeError):
             oldest = None
+    last_drain_at = int(last_drain_ms) / 1000 if last_drain_ms is not None else None
     return QueueStats(
-        depth=int(depth), inflight=inflight, inflight_batches=len(leases), dead=int(dead), oldest_age_seconds=oldest
+        depth=int(depth),
+        inflight=inflight,
+        inflight_batches=len(leases),
+        dead=int(dead),
+        oldest_age_seconds=oldest,
+        last_drain_at=last_drain_at,
+        last_drain_age_seconds=None if last_drain_at is None else max(0.0, secs + micros / 1e6 - last_drain_at),
     )
+
+
+def record_drain(*, stored: int, dead_lettered: int, client: redis.Redis | None = None) -> None:
+    """A drain run finished without a database error (idle runs count: the writer is alive)."""
+    _run("record_drain", [keys().drain], [stored, dead_lettered], client)
+
+
+# --- dead letters (operator actions) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    index: int
+    event_id: str | None
+    error: str
+    at: datetime | None
+    item: str  # the original queued item (JSON), as it would be replayed
+
+
+def _parse_dead(index: int, entry: bytes) -> DeadLetter:
+    try:
+        dead = orjson.loads(entry)
+        item, error, at_ms = dead["event"], str(dead.get("error", "")), dead.get("at")
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return DeadLetter(index, None, "not a dead-letter entry", None, entry.decode("utf-8", "replace"))
+    try:
+        event_id = str(decode_event(item.encode())["id"])
+    except (ValueError, KeyError, TypeError):
+        event_id = None
+    at = EPOCH + timedelta(milliseconds=int(at_ms)) if isinstance(at_ms, int | float) else None
+    return DeadLetter(index, event_id, error, at, item)
+
+
+def dead_letters(start: int = 0, count: int = 50, *, client: redis.Redis | None = None) -> list[DeadLetter]:
+    """Dead letters from the head (oldest first), ``count`` of them from ``start``."""
+    if count <= 0:
+        return []
+    entries = (client or get_redis()).lrange(keys().dead, start, start + count - 1)
+    return [_parse_dead(start + i, entry) for i, entry in enumerate(entries)]
+
+
+def _dead_take(
+    mode: str, limit: int | None, event_ids: Sequence[str], chunk: int, client: redis.Redis | None
+) -> int:
+    k = keys()
+    if event_ids:
+        cap = limit if limit is not None else len(event_ids)
+        return int(_run("dead_take", [k.dead, k.queue], [mode, cap, *event_ids], client))
+    # Chunked, each chunk atomic: a huge dead list never blocks Redis for long.
+    total = 0
+    while limit is None or total < limit:
+        step = chunk if limit is None else min(chunk, limit - total)
+        taken = int(_run("dead_take", [k.dead, k.queue], [mode, step], client))
+        total += taken
+        if taken < step:
+            break
+    return total
+
+
+def replay_dead(
+    limit: int | None = None, *, event_ids: Sequence[str] = (), chunk: int = 1000, client: redis.Redis | None = None
+) -> int:
+    """Move dead letters back to the queue (after a fix), oldest first. Returns how many."""
+    return _dead_take("replay", limit, event_ids, chunk, client)
+
+
+def purge_dead(
+    limit: int | None = None, *, event_ids: Sequence[str] = (), chunk: int = 1000, client: redis.Redis | None = None
+) -> int:
+    """Drop dead letters for good, oldest first. Returns how many."""
+    return _dead_take("purge", limit, event_ids, chunk, client)

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from . import queue
+from . import metrics, queue
 from .batch import BatchSerializer, ingest_batch, sent_at_of
 from .serializers import ABEventSerializer
 from .throttling import IngestRateThrottle
@@ -41,7 +41,9 @@ def track_ab_event(request: Request) -> Response:
     if serializer.is_valid():
         with queue_errors_as_503():
             serializer.save()
+        metrics.EVENTS_ACCEPTED.inc()
         return Response({"success": True}, status=status.HTTP_201_CREATED)
+    metrics.record_invalid(serializer.errors)
     return Response({"success": False, "errors": serializer.errors}, status=status.HTTP_400_BAD_REQUEST)
 
 
@@ -52,12 +54,16 @@ def track_ab_events(request: Request) -> Response:
     """Batch of events: POST /api/rest/front/ab-events/ (batch.py, docs/frontend.md)."""
     envelope = BatchSerializer(data=request.data)
     if not envelope.is_valid():
+        metrics.record_invalid(envelope.errors)
         return Response({"success": False, "errors": envelope.errors}, status=status.HTTP_400_BAD_REQUEST)
     user = request.user if request.user.is_authenticated else None
     with queue_errors_as_503():
         outcome = ingest_batch(
             envelope.validated_data["events"], sent_at=envelope.validated_data.get("sent_at"), user=user
         )
+    metrics.EVENTS_ACCEPTED.inc(outcome.accepted)
+    for rejected in outcome.rejected:
+        metrics.record_invalid(rejected["errors"])
     return Response({"success": True, "accepted": outcome.accepted, "rejected": outcome.rejected})
 
 
@@ -90,6 +96,13 @@ _ERROR_FIELDS: list[tuple[type[Exception], str]] = [
 ]
 
 
+def _rejection_reason(exc: Exception, field: str) -> str:
+    """The ``reason`` label of abflow_events_rejected_total for a request-level failure."""
+    if isinstance(exc, QueueUnavailable):
+        return "queue_full" if isinstance(exc.__cause__, queue.QueueFull) else "redis_down"
+    return {"body": "parse", "content_type": "media_type"}.get(field, field)
+
+
 def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, answering in the spec's envelope: {"success": false, "errors": {...}}.
 
@@ -100,10 +113,12 @@ def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Respo
         return None
     if isinstance(exc, exceptions.ValidationError):
         errors = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
+        metrics.record_invalid(errors)
     else:
         field = next((name for cls, name in _ERROR_FIELDS if isinstance(exc, cls)), "detail")
         detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
         errors = {field: [str(detail)]}
+        metrics.record_rejection(_rejection_reason(exc, field))
     response.data = {"success": False, "errors": errors}
     if isinstance(exc, QueueUnavailable):
         response["Retry-After"] = str(settings.AB_RETRY_AFTER)

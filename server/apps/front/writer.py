@@ -19,6 +19,7 @@ Two kinds of failure are told apart:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 
-from . import queue
+from . import metrics, queue
 from .models import ABEvent
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,16 @@ class DrainResult:
         return {"event": "ab_drain", **self.__dict__}
 
 
+# Set on a warm shutdown (SIGTERM to the Celery worker, see worker/tasks.py):
+# the running drain finishes and acks the batch it holds, then claims no more,
+# so the worker exits promptly without leaving a leased batch behind.
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+    _stop.set()
+
+
 def drain(batch_size: int | None = None, budget: float | None = None) -> DrainResult:
     """Drain until the queue is empty or the time budget is spent.
 
@@ -148,7 +159,7 @@ def drain(batch_size: int | None = None, budget: float | None = None) -> DrainRe
     result.requeued = requeued
     result.dead_lettered += reaped_dead
     _drop_broken_connection()
-    while time.monotonic() - started < budget:
+    while time.monotonic() - started < budget and not _stop.is_set():
         try:
             batch = drain_once(batch_size)
         except DatabaseError as exc:
@@ -162,5 +173,12 @@ def drain(batch_size: int | None = None, budget: float | None = None) -> DrainRe
         result.claimed += batch.claimed
         result.stored += batch.stored
         result.dead_lettered += len(batch.dead)
+        metrics.DRAIN_BATCH_SIZE.observe(batch.claimed)
     result.seconds = round(time.monotonic() - started, 4)
+    metrics.observe_drain(
+        stored=result.stored, dead_lettered=result.dead_lettered, seconds=result.seconds, error=result.error
+    )
+    if result.error is None:
+        # What the "writer stalled" alert and `ab_queue` read.
+        queue.record_drain(stored=result.stored, dead_lettered=result.dead_lettered)
     return result
