@@ -1,0 +1,283 @@
+/*!
+ * abtrack.js: sends A/B onboarding events to abflow. No dependencies.
+ * Usage and the raw HTTP calls it makes: docs/frontend.md.
+ *
+ *   var ab = ABTrack.init({endpoint: 'https://api.example.com/api/rest/front/ab-events/',
+ *                          sessionId: 's-123', variant: 'fast'});
+ *   ab.track('step_completed', {step_number: 2, metadata: {time_spent_ms: 1500}});
+ *
+ * Delivery: events wait in memory and go out in batches (fetch, keepalive)
+ * every `flushInterval` ms. Each event carries an `event_id` made here, so a
+ * retry after a 503, a 429 or a network error resends the same ids and the
+ * server stores each event once. When the page is hidden or left
+ * (visibilitychange/pagehide) whatever is still queued goes out with
+ * navigator.sendBeacon (text/plain: no CORS preflight); what the browser
+ * will not take then is kept in localStorage and sent by the next page load.
+ */
+(function (root) {
+  'use strict';
+
+  var DEFAULTS = {
+    endpoint: '/api/rest/front/ab-events/', // a full URL when the API is on another origin
+    sessionId: null,
+    variant: null,
+    flushInterval: 2000, // ms between batches
+    maxBatchEvents: 100,
+    // Keepalive fetches and beacons of one page share a 64 KiB budget in
+    // browsers; a larger body is refused. Keep one batch well under it.
+    maxBatchBytes: 60000,
+    maxQueue: 1000, // beyond this the oldest events are dropped (and reported)
+    maxBackoff: 60000, // ms, cap of the retry delay
+    credentials: 'omit', // 'include' sends the API's cookies (the user's session)
+    headers: null, // function () -> {name: value}, e.g. {'X-CSRFToken': token}; see docs
+    storageKey: 'abtrack:pending', // localStorage key for events left at unload; null: none
+    onError: null // function (kind, detail): 'rejected', 'dropped', 'too_large', 'http_<status>'
+  };
+
+  function extend(target, source) {
+    for (var key in source) {
+      if (Object.prototype.hasOwnProperty.call(source, key) && source[key] !== undefined) target[key] = source[key];
+    }
+    return target;
+  }
+
+  function uuid4() {
+    var c = root.crypto;
+    if (c && typeof c.randomUUID === 'function') return c.randomUUID();
+    // randomUUID needs a secure context (https, localhost); getRandomValues does not.
+    var b = new Uint8Array(16);
+    c.getRandomValues(b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    var h = [];
+    for (var i = 0; i < 16; i++) h.push((b[i] + 0x100).toString(16).slice(1));
+    return h.slice(0, 4).join('') + '-' + h.slice(4, 6).join('') + '-' + h.slice(6, 8).join('') + '-' +
+      h.slice(8, 10).join('') + '-' + h.slice(10).join('');
+  }
+
+  var encoder = typeof TextEncoder === 'function' ? new TextEncoder() : null;
+  function byteLength(text) {
+    return encoder ? encoder.encode(text).length : unescape(encodeURIComponent(text)).length;
+  }
+
+  // {"events":[...],"sent_at":"2024-01-01T00:00:00.000Z"}: all but the events.
+  var ENVELOPE_BYTES = 48;
+
+  function Tracker(options) {
+    this.opts = extend(extend({}, DEFAULTS), options || {});
+    this.queue = []; // events not yet handed to the network, oldest first
+    this.inflight = null; // events of the one fetch in flight
+    this.failures = 0; // consecutive failed sends, for the backoff
+    this.retryAt = 0; // no fetch before this time (ms since epoch)
+    this.savedAtHide = false;
+    this._restore();
+    this._listen();
+    var self = this;
+    this.timer = setInterval(function () { self.flush(); }, this.opts.flushInterval);
+    if (this.queue.length) this.flush();
+  }
+
+  Tracker.prototype._report = function (kind, detail) {
+    if (typeof this.opts.onError === 'function') {
+      try { this.opts.onError(kind, detail); } catch (e) { /* the page's handler must not break delivery */ }
+    }
+  };
+
+  /** Queue one event; returns its event_id (null when refused). */
+  Tracker.prototype.track = function (eventType, fields) {
+    fields = fields || {};
+    var event = {
+      event_id: fields.event_id || uuid4(),
+      client_ts: new Date().toISOString(),
+      session_id: fields.session_id || this.opts.sessionId,
+      variant: fields.variant || this.opts.variant,
+      event_type: eventType
+    };
+    if (fields.step_number !== undefined && fields.step_number !== null) event.step_number = fields.step_number;
+    if (fields.metadata) event.metadata = fields.metadata;
+    if (byteLength(JSON.stringify(event)) + ENVELOPE_BYTES > this.opts.maxBatchBytes) {
+      this._report('too_large', event);
+      return null;
+    }
+    this.queue.push(event);
+    if (this.queue.length > this.opts.maxQueue) {
+      this._report('dropped', this.queue.splice(0, this.queue.length - this.opts.maxQueue));
+    }
+    if (this.queue.length >= this.opts.maxBatchEvents) this.flush();
+    return event.event_id;
+  };
+
+  /** Events queued or in flight. */
+  Tracker.prototype.pending = function () {
+    return this.queue.length + (this.inflight ? this.inflight.length : 0);
+  };
+
+  // Takes events from the head of the queue while the body stays under maxBatchBytes.
+  Tracker.prototype._take = function () {
+    var events = [];
+    var size = ENVELOPE_BYTES;
+    while (this.queue.length && events.length < this.opts.maxBatchEvents) {
+      var n = byteLength(JSON.stringify(this.queue[0])) + 1;
+      if (events.length && size + n > this.opts.maxBatchBytes) break;
+      events.push(this.queue.shift());
+      size += n;
+    }
+    return events;
+  };
+
+  function batchBody(events) {
+    // sent_at on the same (possibly wrong) clock as client_ts: the server
+    // corrects event times by (its receive time - sent_at).
+    return JSON.stringify({ events: events, sent_at: new Date().toISOString() });
+  }
+
+  Tracker.prototype._headers = function (contentType) {
+    var headers = { 'Content-Type': contentType };
+    if (typeof this.opts.headers === 'function') extend(headers, this.opts.headers() || {});
+    return headers;
+  };
+
+  /** Send one batch now (unless one is in flight or a retry is due later). Resolves when settled. */
+  Tracker.prototype.flush = function () {
+    if (this.inflight || !this.queue.length || Date.now() < this.retryAt) return Promise.resolve();
+    var self = this;
+    var events = this._take();
+    this.inflight = events;
+    var request;
+    try {
+      request = fetch(this.opts.endpoint, {
+        method: 'POST',
+        keepalive: true, // survives the page being closed mid-request
+        credentials: this.opts.credentials,
+        headers: this._headers('application/json'),
+        body: batchBody(events)
+      });
+    } catch (e) {
+      request = Promise.reject(e);
+    }
+    return request.then(function (response) {
+      return self._settle(events, response);
+    }, function (error) {
+      self._retry(events, null, error); // network error, or the keepalive budget is spent
+    }).then(function () {
+      self.inflight = null;
+      if (self.savedAtHide) self._save();
+    });
+  };
+
+  Tracker.prototype._settle = function (events, response) {
+    var status = response.status;
+    if (response.ok) {
+      this.failures = 0;
+      var self = this;
+      return response.json().then(function (data) {
+        if (data && data.rejected && data.rejected.length) self._report('rejected', data.rejected);
+      }, function () { /* accepted all the same */ });
+    }
+    if (status === 503 || status === 429 || status >= 500) {
+      var header = response.headers.get('Retry-After');
+      var seconds = header !== null && /^\d+$/.test(header) ? parseInt(header, 10) : null;
+      this._retry(events, seconds, status);
+      return undefined;
+    }
+    // 400, 403 (CSRF), 413, 415: sending the same body again cannot succeed.
+    this._report('http_' + status, events);
+    return undefined;
+  };
+
+  // Back to the head of the queue, same event_ids, after Retry-After or an exponential backoff.
+  Tracker.prototype._retry = function (events, retryAfterSeconds, reason) {
+    this.queue = events.concat(this.queue);
+    this.failures += 1;
+    var delay;
+    if (retryAfterSeconds !== null && retryAfterSeconds !== undefined) {
+      delay = retryAfterSeconds * 1000;
+    } else {
+      var base = Math.min(this.opts.maxBackoff, 1000 * Math.pow(2, this.failures - 1));
+      delay = base / 2 + Math.random() * base / 2; // jitter: clients that failed together do not retry together
+    }
+    this.retryAt = Date.now() + Math.min(delay, this.opts.maxBackoff);
+    this._report('retry', { reason: reason, delay: delay, events: events.length });
+  };
+
+  // The page is being hidden or left: hand everything queued to the browser now.
+  Tracker.prototype._flushOnHide = function () {
+    var useBeacon = typeof this.opts.headers !== 'function' && root.navigator && typeof navigator.sendBeacon === 'function';
+    while (this.queue.length) {
+      var events = this._take();
+      var body = batchBody(events);
+      var handed = false;
+      if (useBeacon) {
+        // A string body is sent as text/plain: a "simple" request, no preflight.
+        // false: over the browser's keepalive budget; keep the events.
+        handed = navigator.sendBeacon(this.opts.endpoint, body);
+      } else {
+        // A beacon cannot carry headers (CSRF token): keepalive fetch instead.
+        try {
+          fetch(this.opts.endpoint, {
+            method: 'POST', keepalive: true, credentials: this.opts.credentials,
+            headers: this._headers('application/json'), body: body
+          })['catch'](function () { /* the page is gone; the saved copy is sent next time */ });
+          handed = true;
+        } catch (e) {
+          handed = false;
+        }
+      }
+      if (!handed) {
+        this.queue = events.concat(this.queue);
+        break;
+      }
+    }
+    this._save();
+    this.savedAtHide = true;
+  };
+
+  // localStorage keeps what is queued or in flight at unload: the next page
+  // load sends it again (same event_ids, so an event that did get through
+  // is still stored once).
+  Tracker.prototype._save = function () {
+    var key = this.opts.storageKey;
+    if (!key) return;
+    var pending = (this.inflight || []).concat(this.queue).slice(-this.opts.maxQueue);
+    try {
+      if (pending.length) localStorage.setItem(key, JSON.stringify(pending));
+      else localStorage.removeItem(key);
+    } catch (e) { /* storage full or disabled: nothing more to do */ }
+  };
+
+  Tracker.prototype._restore = function () {
+    var key = this.opts.storageKey;
+    if (!key) return;
+    try {
+      var saved = JSON.parse(localStorage.getItem(key) || '[]');
+      localStorage.removeItem(key);
+      if (Object.prototype.toString.call(saved) === '[object Array]') this.queue = saved.concat(this.queue);
+    } catch (e) { /* unreadable: start empty */ }
+  };
+
+  Tracker.prototype._listen = function () {
+    var self = this;
+    if (typeof root.addEventListener !== 'function') return;
+    // pagehide fires on navigation and close (also into the back/forward
+    // cache, where unload never does); visibilitychange to hidden is the last
+    // event mobile browsers reliably fire before killing a background tab.
+    root.addEventListener('pagehide', function () { self._flushOnHide(); });
+    root.document.addEventListener('visibilitychange', function () {
+      if (root.document.visibilityState === 'hidden') self._flushOnHide();
+    });
+  };
+
+  /** Stop the timer and listeners' effect (tests, single-page app teardown). */
+  Tracker.prototype.stop = function () {
+    clearInterval(this.timer);
+    this._flushOnHide = function () {};
+  };
+
+  var ABTrack = {
+    init: function (options) { return new Tracker(options); },
+    Tracker: Tracker,
+    uuid4: uuid4
+  };
+  if (typeof module === 'object' && module.exports) module.exports = ABTrack;
+  root.ABTrack = ABTrack;
+})(typeof window !== 'undefined' ? window : this);

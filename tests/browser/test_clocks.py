@@ -1,0 +1,120 @@
+"""Client clocks: client_ts + (received_at - sent_at), clamped, stored beside the receive time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from django.utils import timezone
+
+from server.apps.front import queue
+from server.apps.front.models import ABEvent
+from server.apps.front.writer import drain
+
+from .conftest import BATCH_URL, SINGLE_URL, event, post
+
+pytestmark = pytest.mark.django_db
+
+# Tolerance for the time between building the request and the server stamping it.
+SLACK = timedelta(seconds=2)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def test_skewed_client_clock_gets_a_corrected_event_time(client):
+    skew = timedelta(hours=-3, minutes=-17)  # the browser's clock is 3h17m behind
+    now_on_client = timezone.now() + skew
+    events = [
+        event(session_id="early", client_ts=iso(now_on_client - timedelta(seconds=40))),
+        event(session_id="late", client_ts=iso(now_on_client - timedelta(seconds=5))),
+    ]
+    response = post(client, BATCH_URL, {"events": events, "sent_at": iso(now_on_client)})
+    assert response.json()["accepted"] == 2
+    drain()
+    early = ABEvent.objects.get(session_id="early")
+    late = ABEvent.objects.get(session_id="late")
+    # The client's reading is kept as sent ...
+    assert early.client_ts == now_on_client - timedelta(seconds=40)
+    # ... and the event time is on the server's clock: 40 s / 5 s before receipt.
+    assert abs(early.event_time - (early.timestamp - timedelta(seconds=40))) < SLACK
+    assert abs(late.event_time - (late.timestamp - timedelta(seconds=5))) < SLACK
+    assert late.event_time - early.event_time == timedelta(seconds=35)  # exact: same offset
+
+
+def test_epoch_milliseconds_are_accepted_like_iso_8601(client):
+    now_ms = int(timezone.now().timestamp() * 1000)
+    body = {"events": [event(client_ts=now_ms - 60_000)], "sent_at": now_ms}
+    assert post(client, BATCH_URL, body).json()["accepted"] == 1
+    drain()
+    row = ABEvent.objects.get()
+    assert row.client_ts == datetime.fromtimestamp((now_ms - 60_000) / 1000, tz=UTC)
+    assert abs(row.event_time - (row.timestamp - timedelta(seconds=60))) < SLACK
+
+
+def test_event_time_is_never_in_the_future(client):
+    sent = timezone.now()
+    body = {"events": [event(client_ts=iso(sent + timedelta(hours=2)))], "sent_at": iso(sent)}
+    post(client, BATCH_URL, body)
+    drain()
+    row = ABEvent.objects.get()
+    assert row.event_time == row.timestamp
+
+
+def test_event_time_is_bounded_in_the_past(client, settings):
+    settings.AB_CLIENT_TS_MAX_AGE = 7 * 86_400
+    sent = timezone.now()
+    body = {"events": [event(client_ts=iso(sent - timedelta(days=40)))], "sent_at": iso(sent)}
+    post(client, BATCH_URL, body)
+    drain()
+    row = ABEvent.objects.get()
+    assert row.event_time == row.timestamp - timedelta(days=7)
+
+
+def test_without_sent_at_the_client_time_is_kept_but_not_trusted(client):
+    body = {"events": [event(client_ts="2020-01-01T00:00:00Z"), event(session_id="plain")]}
+    post(client, BATCH_URL, body)
+    drain()
+    row = ABEvent.objects.get(session_id="s-1")
+    assert row.client_ts == datetime(2020, 1, 1, tzinfo=UTC)
+    assert row.event_time is None
+    plain = ABEvent.objects.get(session_id="plain")
+    assert plain.client_ts is None and plain.event_time is None
+
+
+def test_single_endpoint_corrects_with_a_top_level_sent_at(client):
+    sent = datetime(2001, 1, 1, 12, 0, tzinfo=UTC)  # a clock decades off
+    body = event(client_ts=iso(sent - timedelta(seconds=3)), sent_at=iso(sent))
+    assert post(client, SINGLE_URL, body).status_code == 201
+    drain()
+    row = ABEvent.objects.get()
+    assert abs(row.event_time - (row.timestamp - timedelta(seconds=3))) < SLACK
+
+
+@pytest.mark.parametrize("bad", ["tomorrow", "2024-13-01T00:00:00Z", True, 1e300, [1], {"t": 1}])
+def test_an_unreadable_client_ts_is_rejected_by_field(client, bad):
+    response = post(client, BATCH_URL, {"events": [event(client_ts=bad), event()], "sent_at": 0})
+    assert response.json()["accepted"] == 1
+    assert "client_ts" in response.json()["rejected"][0]["errors"]
+
+
+def test_a_queued_item_from_before_the_clock_fields_still_drains(rq):
+    """Items pushed by the previous release carry neither ``c`` nor ``w``."""
+    old_item = orjson.dumps(
+        {
+            "id": "0b8a2f6e-1c1d-4a57-9d53-2a3c4f1e0001",
+            "s": "old",
+            "v": "deep",
+            "e": "onboarding_started",
+            "n": None,
+            "m": {},
+            "t": queue.to_micros(timezone.now()),
+            "u": None,
+        }
+    )
+    queue.push([old_item])
+    assert drain().stored == 1
+    row = ABEvent.objects.get()
+    assert row.session_id == "old" and row.client_ts is None and row.event_time is None
