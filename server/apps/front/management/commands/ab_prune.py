@@ -36,8 +36,7 @@ def prune(cutoff: Any, *, batch_size: int = 5000, pause: float = 0.0) -> tuple[i
     table = connection.ops.quote_name(ABEvent._meta.db_table)
     sql = (
         # The table name is ours; the values are parameters.
-        f"DELETE FROM {table} WHERE id IN "
-        f"(SELECT id FROM {table} WHERE timestamp < %s LIMIT %s)"
+        f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE timestamp < %s LIMIT %s)"
     )
     rows = statements = 0
     while True:

@@ -48,16 +48,20 @@ class Command(BaseCommand):
         if as_json:
             self.stdout.write(json.dumps(figures, sort_keys=True))
             return
-        drain = "never" if figures["last_drain_at"] is None else (
-            f"{figures['last_drain_at']} ({_ago(figures['last_drain_age_seconds'])})"
+        drain = (
+            "never"
+            if figures["last_drain_at"] is None
+            else (f"{figures['last_drain_at']} ({_ago(figures['last_drain_age_seconds'])})")
         )
         batches = figures["inflight_batches"]
         rows = [
             ("queued", f"{figures['depth']} events"),
             ("in flight", f"{figures['inflight']} events in {batches} batch{'es' if batches != 1 else ''}"),
             ("dead letters", f"{figures['dead_letters']} events"),
-            ("oldest queued", "queue empty" if figures["oldest_age_seconds"] is None
-             else _ago(figures["oldest_age_seconds"])),
+            (
+                "oldest queued",
+                "queue empty" if figures["oldest_age_seconds"] is None else _ago(figures["oldest_age_seconds"]),
+            ),
             ("last good drain", drain),
         ]
         for label, value in rows:

@@ -1,0 +1,163 @@
+"""GET /metrics: every named series is there, and the values follow pushes, drains and dead letters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from server.apps.front import queue, writer
+from server.embedded import free_port
+
+from .conftest import make_item, scrape
+
+REPO = Path(__file__).resolve().parents[2]
+INGEST = "/api/rest/front/ab-event/"
+ROUTE = "api/rest/front/ab-event/"
+
+pytestmark = pytest.mark.django_db
+
+QUEUE_SERIES = {
+    "abflow_queue_up",
+    "abflow_queue_depth",
+    "abflow_queue_inflight_events",
+    "abflow_queue_inflight_batches",
+    "abflow_queue_dead_letters",
+    "abflow_queue_oldest_age_seconds",
+}
+
+
+def post_event(client: Client, **fields: object) -> int:
+    body = {"session_id": "s-metrics", "variant": "fast", "event_type": "variant_assigned", **fields}
+    return client.post(INGEST, body, content_type="application/json").status_code
+
+
+def test_metrics_exposes_each_named_series_and_values_follow_push_drain_and_dead_letter(web):
+    before = scrape(web)
+    assert QUEUE_SERIES <= before.names()
+    assert before.value("abflow_queue_up") == 1
+    assert before.value("abflow_queue_depth") == 0
+
+    # Pushed: 5 accepted, and one rejection of each request class.
+    assert [post_event(web) for _ in range(5)] == [201] * 5
+    assert post_event(web, variant="slow") == 400
+    assert web.post(INGEST, b"{broken", content_type="application/json").status_code == 400
+    assert web.post(INGEST, b"<xml/>", content_type="application/xml").status_code == 415
+    # A poison event (its user does not exist) reaches the queue directly, as a
+    # since-deleted user's would.
+    queue.push([make_item(user_id=987_654_321)])
+
+    pushed = scrape(web)
+    assert pushed.value("abflow_queue_depth") == 6
+    assert pushed.value("abflow_queue_oldest_age_seconds") > 0
+    assert pushed.since(before, "abflow_events_accepted_total") == 5
+    for reason, field in [("validation", "variant"), ("parse", ""), ("media_type", "")]:
+        assert pushed.since(before, "abflow_events_rejected_total", reason=reason, field=field) == 1, reason
+    latency = "abflow_http_request_duration_seconds_count"
+    assert pushed.since(before, latency, route=ROUTE, method="POST", status="201") == 5
+    assert pushed.since(before, latency, route=ROUTE, method="POST", status="415") == 1
+
+    # Drained: 5 stored, the poison event dead-lettered.
+    result = writer.drain(batch_size=1000)
+    assert (result.stored, result.dead_lettered) == (5, 1)
+
+    drained = scrape(web)
+    assert drained.value("abflow_queue_depth") == 0
+    assert drained.value("abflow_queue_oldest_age_seconds") == 0
+    assert drained.value("abflow_queue_inflight_events") == 0
+    assert drained.value("abflow_queue_dead_letters") == 1
+    assert drained.since(pushed, "abflow_events_stored_total") == 5
+    assert drained.since(pushed, "abflow_events_dead_lettered_total") == 1
+    assert drained.since(pushed, "abflow_drain_runs_total", outcome="ok") == 1
+    assert drained.since(pushed, "abflow_drain_batch_size_count") == 1
+    assert drained.since(pushed, "abflow_drain_batch_size_sum") == 6
+    assert drained.since(pushed, "abflow_drain_duration_seconds_count") == 1
+    assert drained.value("abflow_drain_last_success_timestamp_seconds") > 0
+
+
+def test_inflight_gauges_count_a_claimed_batch(web):
+    queue.push([make_item() for _ in range(7)])
+    queue.claim(3, lease_seconds=60)
+    figures = scrape(web)
+    assert figures.value("abflow_queue_depth") == 4
+    assert figures.value("abflow_queue_inflight_events") == 3
+    assert figures.value("abflow_queue_inflight_batches") == 1
+
+
+def test_redis_down_scrape_still_answers_with_queue_up_zero_and_counts_redis_down(web, settings):
+    before = scrape(web)
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    assert post_event(web) == 503
+    down = scrape(web)
+    assert down.value("abflow_queue_up") == 0
+    assert "abflow_queue_depth" not in down.names()
+    assert down.since(before, "abflow_events_rejected_total", reason="redis_down", field="") == 1
+
+
+def test_full_queue_is_counted_as_queue_full(web, settings):
+    settings.AB_QUEUE_MAX = 1
+    before = scrape(web)
+    assert post_event(web) == 201
+    assert post_event(web) == 503
+    after = scrape(web)
+    assert after.since(before, "abflow_events_rejected_total", reason="queue_full", field="") == 1
+
+
+@pytest.mark.parametrize(
+    ("allowed", "token", "remote", "auth", "status"),
+    [
+        ("127.0.0.1,::1", "", "127.0.0.1", "", 200),
+        ("127.0.0.1,::1", "", "::1", "", 200),
+        ("127.0.0.1,::1", "", "203.0.113.9", "", 403),
+        ("10.0.0.0/8", "", "10.20.30.40", "", 200),
+        ("10.0.0.0/8", "", "11.0.0.1", "", 403),
+        ("127.0.0.1", "s3cret-token", "203.0.113.9", "Bearer s3cret-token", 200),
+        ("127.0.0.1", "s3cret-token", "203.0.113.9", "Bearer wrong", 403),
+        ("127.0.0.1", "", "203.0.113.9", "Bearer ", 403),
+    ],
+)
+def test_metrics_is_served_only_to_allowed_addresses_or_the_token(settings, allowed, token, remote, auth, status):
+    settings.METRICS_ALLOWED_IPS = allowed.split(",")
+    settings.METRICS_TOKEN = token
+    headers = {"HTTP_AUTHORIZATION": auth} if auth else {}
+    assert Client(REMOTE_ADDR=remote).get("/metrics", **headers).status_code == status
+
+
+MULTIPROCESS_SCRIPT = """
+import multiprocessing, os, sys
+import django
+django.setup()
+from server.apps.front import metrics
+
+def work(n):
+    metrics.EVENTS_STORED.inc(n)
+    metrics.DRAIN_BATCH_SIZE.observe(n)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=work, args=(n,)) for n in (3, 4)]
+    for p in procs: p.start()
+    for p in procs: p.join()
+    sys.stdout.write(metrics.render().decode())
+"""
+
+
+def test_multiprocess_mode_merges_counters_of_all_processes(tmp_path):
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "server.settings",
+        "AB_QUEUE_KEY_PREFIX": f"abtest-mp-{tmp_path.name}",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", MULTIPROCESS_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    # Two child processes wrote 3 and 4; the parent, which never incremented, renders the sum.
+    assert "abflow_events_stored_total 7.0" in out.stdout
+    assert "abflow_drain_batch_size_count 2.0" in out.stdout
+    assert "abflow_queue_depth 0.0" in out.stdout
