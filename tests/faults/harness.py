@@ -27,7 +27,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +95,16 @@ class Proc:
             return self.log.read_text(errors="replace")
         except OSError:
             return ""
+
+    def stored_by_drains(self) -> int:
+        """Events this worker's drain runs reported stored (its JSON ``abflow.drain`` log lines)."""
+        total = 0
+        for line in self.output().splitlines():
+            if '"abflow.drain"' not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                total += int(json.loads(line).get("stored", 0))
+        return total
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -227,9 +236,20 @@ class Stack:
         proc = self.spawn(
             name,
             [
-                PYTHON, "-m", "celery", "-A", "celery_app", "worker", "--pool=solo", "-l", "info",
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h",
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "celery_app",
+                "worker",
+                "--pool=solo",
+                "-l",
+                "info",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"{name}-{uuid.uuid4().hex[:6]}@%h",
             ],
             **env,
         )
@@ -470,13 +490,13 @@ class Tally:
     problems: list[str] = field(default_factory=list)
 
     HEADER = (
-        f"{'scenario':<34} {'sent':>7} {'accepted':>8} {'refused':>7} {'no-promise':>10} "
+        f"{'scenario':<46} {'sent':>7} {'accepted':>8} {'refused':>7} {'no-promise':>10} "
         f"{'stored':>7} {'lost':>5} {'dupes':>5} {'dead':>5}"
     )
 
     def row(self) -> str:
         return (
-            f"{self.scenario:<34} {self.sent:>7} {self.accepted:>8} {self.refused:>7} {self.unanswered:>10} "
+            f"{self.scenario:<46} {self.sent:>7} {self.accepted:>8} {self.refused:>7} {self.unanswered:>10} "
             f"{self.stored:>7} {self.lost:>5} {self.duplicates:>5} {self.dead_lettered:>5}"
         )
 
