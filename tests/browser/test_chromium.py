@@ -1,0 +1,201 @@
+"""Headless Chromium: a page on another origin uses abtrack.js, fires events, navigates away.
+
+Every event, the ones the beacon sends on ``pagehide`` included, must land in
+``ab_events`` exactly once. The API is pytest-django's ``live_server``
+(http://localhost:PORT) with CORS allowing the page's origin
+(http://127.0.0.1:OTHER_PORT), which serves the page from a plain http.server.
+Chromium is Debian's (/usr/bin/chromium), driven by playwright; playwright's
+own browser downloads are never used.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connections
+
+from server.apps.front import queue
+from server.apps.front.models import ABEvent
+from server.apps.front.writer import drain
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>onboarding</title>
+<script src="{api}/static/abtrack/abtrack.js"></script>
+</head><body>
+<script>
+  // Count the beacons this page hands to the browser (read back on the next page, same origin).
+  var realBeacon = navigator.sendBeacon.bind(navigator);
+  navigator.sendBeacon = function (url, data) {{
+    var ok = realBeacon(url, data);
+    sessionStorage.setItem('beacons', String(Number(sessionStorage.getItem('beacons') || 0) + 1));
+    sessionStorage.setItem('beacon_ok', String(ok));
+    return ok;
+  }};
+  window.errors = [];
+  window.ab = ABTrack.init({{
+    endpoint: '{api}/api/rest/front/ab-events/',
+    sessionId: '{session}', variant: 'fast',
+    flushInterval: 600000,  // the test decides when fetch sends; the rest waits for pagehide
+    onError: function (kind, detail) {{ window.errors.push([kind, detail]); }}
+  }});
+</script>
+</body></html>
+"""
+
+
+class PageServer:
+    """A second origin: serves the onboarding page and a page to navigate to."""
+
+    def __init__(self, pages: dict[str, str]) -> None:
+        pages_ref = pages
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = pages_ref.get(self.path.split("?")[0])
+                if body is None:
+                    self.send_error(404)
+                    return
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> PageServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def browser_page(live_server, settings, monkeypatch) -> Iterator[tuple[Any, PageServer, str]]:
+    # Playwright's sync API keeps an asyncio loop in this thread; Django then
+    # refuses ORM calls (drain, assertions) unless told they are safe, which
+    # they are: nothing else runs on that loop.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    session = "chromium-session"
+    api = live_server.url
+    assert api.startswith("http://localhost:")
+    pages = {"/index.html": PAGE.format(api=api, session=session), "/bye.html": "<!doctype html><p>bye</p>"}
+    with PageServer(pages) as server:
+        settings.CORS_ALLOWED_ORIGINS = [server.origin]
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_context().new_page()
+                page.goto(f"{server.origin}/index.html")
+                page.wait_for_function("window.ab !== undefined")
+                yield page, server, session
+            finally:
+                browser.close()
+                # The ORM calls made while playwright's loop ran opened a
+                # connection that pytest-django's teardown does not see.
+                connections.close_all()
+
+
+def wait_for_depth(expected: int, timeout: float = 15.0) -> int:
+    deadline = time.monotonic() + timeout
+    depth = queue.stats().depth
+    while depth < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        depth = queue.stats().depth
+    return depth
+
+
+TRACK = """([steps]) => steps.map(([type, step]) => ab.track(type, {step_number: step, metadata: {via: 'chromium'}}))"""
+
+
+def test_every_event_lands_exactly_once_including_the_pagehide_beacon(browser_page):
+    page, server, session = browser_page
+    sent_by_fetch = page.evaluate(
+        TRACK, [[["variant_assigned", None], ["onboarding_started", None], ["step_completed", 1]]]
+    )
+    page.evaluate("() => ab.flush()")
+    assert page.evaluate("() => ab.pending()") == 0
+    assert wait_for_depth(3) == 3
+
+    left_for_beacon = page.evaluate(TRACK, [[["step_completed", 2], ["onboarding_completed", None]]])
+    assert page.evaluate("() => ab.pending()") == 2
+    page.goto(f"{server.origin}/bye.html")  # pagehide: abtrack hands the queue to sendBeacon
+
+    assert page.evaluate("() => sessionStorage.getItem('beacons')") == "1"
+    assert page.evaluate("() => sessionStorage.getItem('beacon_ok')") == "true"
+    assert wait_for_depth(5) == 5
+    time.sleep(0.5)  # nothing more arrives: no resend
+    assert queue.stats().depth == 5
+
+    drain()
+    rows = ABEvent.objects.filter(session_id=session)
+    assert sorted(str(e) for e in rows.values_list("event_id", flat=True)) == sorted(sent_by_fetch + left_for_beacon)
+    assert all(row.client_ts is not None and row.event_time is not None for row in rows)
+    assert all(row.event_time <= row.timestamp for row in rows)
+    assert all(row.metadata == {"via": "chromium"} for row in rows)
+    assert sorted(rows.values_list("event_type", "step_number")) == sorted(
+        [
+            ("variant_assigned", None),
+            ("onboarding_started", None),
+            ("step_completed", 1),
+            ("step_completed", 2),
+            ("onboarding_completed", None),
+        ]
+    )
+
+
+def test_a_503_is_retried_with_the_same_event_ids_after_retry_after(browser_page, settings):
+    page, _server, session = browser_page
+    settings.AB_QUEUE_MAX = 0  # every push is refused: 503 + Retry-After
+    settings.AB_RETRY_AFTER = 3
+    ids = page.evaluate(TRACK, [[["variant_assigned", None], ["onboarding_started", None]]])
+    page.evaluate("() => ab.flush()")
+    # Back in the queue, and the wait is the server's Retry-After (readable cross-origin), not the backoff.
+    assert page.evaluate("() => ab.pending()") == 2
+    wait_ms = page.evaluate("() => ab.retryAt - Date.now()")
+    assert 2000 < wait_ms <= 3000
+    assert page.evaluate("() => window.errors.map(e => e[0])") == ["retry"]
+
+    settings.AB_QUEUE_MAX = 1000
+    page.evaluate("() => ab.flush()")  # too early: the tracker holds back
+    assert page.evaluate("() => ab.pending()") == 2
+    page.wait_for_timeout(wait_ms + 100)
+    page.evaluate("() => ab.flush()")
+    assert page.evaluate("() => ab.pending()") == 0
+    assert wait_for_depth(2) == 2
+
+    drain()
+    assert sorted(
+        str(e) for e in ABEvent.objects.filter(session_id=session).values_list("event_id", flat=True)
+    ) == sorted(ids)
