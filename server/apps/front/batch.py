@@ -73,7 +73,7 @@ def ingest_batch(events: list[Any], *, sent_at: datetime | None, user: AbstractB
         if user is not None:
             data["user"] = user
         valid.append(data)
-    enqueue(valid, sent_at=sent_at)
+    enqueue(valid, sent_at=sent_at, rows=False)
     outcome.queued = len(valid)
     return outcome
 
