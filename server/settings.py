@@ -329,5 +329,10 @@ LOGGING = {
         # aggregated per class instead (metrics.RejectionLog); 5xx stay.
         "django.request": {"level": "ERROR"},
         "django.db.backends": {"level": "WARNING"},
+        # Celery's "received" / "succeeded" / "sending due task" lines, three
+        # every AB_FLUSH_INTERVAL: the drain's own "ab_drain" line replaces them.
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.beat": {"level": "WARNING"},
     },
 }

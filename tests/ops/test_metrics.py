@@ -28,6 +28,7 @@ QUEUE_SERIES = {
     "abflow_queue_inflight_batches",
     "abflow_queue_dead_letters",
     "abflow_queue_oldest_age_seconds",
+    "abflow_queue_max",
 }
 
 

@@ -51,6 +51,9 @@ from . import queue
 log = logging.getLogger("abflow.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+if os.environ.get(MULTIPROC_ENV):
+    # prometheus_client opens its files there as each metric below is created.
+    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
 
 # --- counters and histograms (incremented where things happen) --------------------
 
@@ -111,6 +114,11 @@ class QueueCollector(Collector):
             "abflow_queue_inflight_batches",
             "Claimed batches (leases) not yet acknowledged.",
             value=stats.inflight_batches,
+        )
+        yield GaugeMetricFamily(
+            "abflow_queue_max",
+            "AB_QUEUE_MAX: above this depth the endpoint sheds load (503).",
+            value=settings.AB_QUEUE_MAX,
         )
         yield GaugeMetricFamily("abflow_queue_dead_letters", "Events in the dead-letter list.", value=stats.dead)
         yield GaugeMetricFamily(

@@ -66,6 +66,7 @@ class Command(BaseCommand):
                 )
             else:
                 at = letter.at.strftime("%Y-%m-%d %H:%M:%S") if letter.at else "-"
-                self.stdout.write(f"#{letter.index}  {at}  {letter.event_id or '-'}  {letter.error[:200]}")
+                error = " ".join(letter.error.split())[:300]  # PostgreSQL's errors span lines
+                self.stdout.write(f"#{letter.index}  {at}  {letter.event_id or '-'}  {error}")
         if not as_json:
             self.stdout.write(f"{len(letters)} shown of {total} dead letters")
