@@ -48,8 +48,9 @@ PAGE = """<!doctype html>
 <script>
   // Count the beacons this page hands to the browser (read back on the next page, same origin).
   var realBeacon = navigator.sendBeacon.bind(navigator);
+  var refuse = location.search.indexOf('refuse_beacon') >= 0;  // as a browser over its 64 KB budget does
   navigator.sendBeacon = function (url, data) {{
-    var ok = realBeacon(url, data);
+    var ok = refuse ? false : realBeacon(url, data);
     sessionStorage.setItem('beacons', String(Number(sessionStorage.getItem('beacons') || 0) + 1));
     sessionStorage.setItem('beacon_ok', String(ok));
     return ok;
@@ -199,3 +200,23 @@ def test_a_503_is_retried_with_the_same_event_ids_after_retry_after(browser_page
     assert sorted(
         str(e) for e in ABEvent.objects.filter(session_id=session).values_list("event_id", flat=True)
     ) == sorted(ids)
+
+
+def test_events_the_browser_refuses_at_unload_are_sent_by_the_next_page_load(browser_page):
+    page, server, session = browser_page
+    page.goto(f"{server.origin}/index.html?refuse_beacon=1")
+    page.wait_for_function("window.ab !== undefined")
+    ids = page.evaluate(TRACK, [[["variant_assigned", None], ["onboarding_abandoned", None]]])
+    page.goto(f"{server.origin}/bye.html")  # pagehide: the beacon is refused, the events go to localStorage
+    assert page.evaluate("() => sessionStorage.getItem('beacon_ok')") == "false"
+    assert page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('abtrack:pending:')).length") == 1
+    assert queue.stats().depth == 0
+
+    page.goto(f"{server.origin}/index.html")  # the next load takes them over and sends them
+    page.wait_for_function("window.ab !== undefined && ab.pending() === 0")
+    assert wait_for_depth(2) == 2
+    assert page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('abtrack:pending:')).length") == 0
+
+    drain()
+    stored = ABEvent.objects.filter(session_id=session).values_list("event_id", flat=True)
+    assert sorted(str(e) for e in stored) == sorted(ids)

@@ -70,6 +70,7 @@
     this.failures = 0; // consecutive failed sends, for the backoff
     this.retryAt = 0; // no fetch before this time (ms since epoch)
     this.savedAtHide = false;
+    this.tabId = uuid4().slice(0, 8); // each tab saves under its own key: tabs never overwrite each other
     this._restore();
     this._listen();
     var self = this;
@@ -236,8 +237,8 @@
   // load sends it again (same event_ids, so an event that did get through
   // is still stored once).
   Tracker.prototype._save = function () {
-    var key = this.opts.storageKey;
-    if (!key) return;
+    if (!this.opts.storageKey) return;
+    var key = this.opts.storageKey + ':' + this.tabId;
     var pending = (this.inflight || []).concat(this.queue).slice(-this.opts.maxQueue);
     try {
       if (pending.length) localStorage.setItem(key, JSON.stringify(pending));
@@ -245,14 +246,24 @@
     } catch (e) { /* storage full or disabled: nothing more to do */ }
   };
 
+  // Takes over what any tab of this origin left (a tab still open that saved
+  // at a tab switch may send the same events too: same ids, stored once).
   Tracker.prototype._restore = function () {
-    var key = this.opts.storageKey;
-    if (!key) return;
+    var prefix = this.opts.storageKey ? this.opts.storageKey + ':' : null;
+    if (!prefix) return;
     try {
-      var saved = JSON.parse(localStorage.getItem(key) || '[]');
-      localStorage.removeItem(key);
-      if (Object.prototype.toString.call(saved) === '[object Array]') this.queue = saved.concat(this.queue);
-    } catch (e) { /* unreadable: start empty */ }
+      var keys = [];
+      for (var i = 0; i < localStorage.length; i++) {
+        var name = localStorage.key(i);
+        if (name && name.indexOf(prefix) === 0) keys.push(name);
+      }
+      for (var k = 0; k < keys.length; k++) {
+        var saved = JSON.parse(localStorage.getItem(keys[k]) || '[]');
+        localStorage.removeItem(keys[k]);
+        if (Object.prototype.toString.call(saved) === '[object Array]') this.queue = this.queue.concat(saved);
+      }
+      if (this.queue.length > this.opts.maxQueue) this.queue = this.queue.slice(-this.opts.maxQueue);
+    } catch (e) { /* storage disabled or unreadable: start empty */ }
   };
 
   Tracker.prototype._listen = function () {
