@@ -8,6 +8,7 @@ every fixture stops what it started, even when a test fails.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -271,7 +272,15 @@ def test_cli_status_when_stopped(tmp_path: Path) -> None:
     assert "redis: stopped" in res.stdout
 
 
-def test_defaults() -> None:
-    assert embedded.DEFAULT_DATABASE_URL == "postgres://postgres@127.0.0.1:55432/abflow"
-    assert embedded.DEFAULT_REDIS_URL == "redis://127.0.0.1:56379/0"
+def test_defaults_and_port_overrides() -> None:
     assert embedded.DEFAULT_DATA_DIR == REPO_ROOT / ".data"
+    env = {**os.environ, "ABFLOW_EMBEDDED_PG_PORT": "55999", "ABFLOW_EMBEDDED_REDIS_PORT": "56999"}
+    env.pop("DATABASE_URL", None)
+    code = "from server import embedded as e; print(e.DEFAULT_DATABASE_URL, e.DEFAULT_REDIS_URL)"
+    run = {"env": env, "cwd": REPO_ROOT, "capture_output": True, "text": True, "check": True}
+    out = subprocess.run([sys.executable, "-c", code], **run)
+    assert out.stdout.split() == ["postgres://postgres@127.0.0.1:55999/abflow", "redis://127.0.0.1:56999/0"]
+    env.pop("ABFLOW_EMBEDDED_PG_PORT")
+    env.pop("ABFLOW_EMBEDDED_REDIS_PORT")
+    out = subprocess.run([sys.executable, "-c", code], **run)
+    assert out.stdout.split() == ["postgres://postgres@127.0.0.1:55432/abflow", "redis://127.0.0.1:56379/0"]
