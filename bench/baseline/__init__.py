@@ -1,0 +1,1 @@
+"""The spec's synchronous MVP endpoint, kept only as the benchmark's baseline."""
