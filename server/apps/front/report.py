@@ -1,0 +1,463 @@
+"""The experiment report: session-level aggregates from PostgreSQL, statistics, verdict.
+
+One SQL statement does all the counting (``AGGREGATES_SQL``): it folds the
+events into one row per session, then groups those rows into the funnel, the
+drop-off, and the time figures, and returns them as one JSON document. Python
+only turns those few dozen numbers into statistics (``stats``) and a verdict.
+
+Definitions (see docs/report.md for how to read them):
+
+* the unit is the session; a session's variant is that of its first
+  ``variant_assigned`` event (by timestamp, then insertion order);
+* a session with events in both variants is *contaminated* and excluded;
+  one without ``variant_assigned`` (in the date range) is *unassigned* and
+  excluded; both are counted and shown;
+* every funnel count is a count of sessions (``bool_or`` per session), so a
+  duplicated event never counts twice; a step's time is taken once per
+  session and step;
+* "step k done" = the session completed step k or a later one;
+* time to complete = the sum of the session's step times
+  (``metadata.time_spent_ms``, measured by the client) over completed
+  sessions. Chosen over "completed minus started timestamp" because
+  ``timestamp`` is the server's receive time: it includes network and retry
+  delays, and is identical for events that arrive in one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.utils.dateparse import parse_date, parse_datetime
+
+from . import stats
+from .models import VARIANT_NAMES
+
+CONTROL = "fast"
+TREATMENT = "deep"
+DEFAULT_SPLIT = "fast=0.5,deep=0.5"
+
+AGGREGATES_SQL = """
+WITH per_step AS (
+    -- One row per (session, step) for step_completed events, plus one row per
+    -- session for all its other events (step IS NULL): a step's time is then
+    -- taken once however often the event was sent.
+    SELECT
+        session_id,
+        CASE WHEN event_type = 'step_completed' THEN step_number END AS step,
+        count(*) AS events,
+        (array_agg(variant ORDER BY "timestamp", id)
+            FILTER (WHERE event_type = 'variant_assigned'))[1] AS assigned_variant,
+        min(variant) AS min_variant,
+        max(variant) AS max_variant,
+        bool_or(event_type = 'onboarding_started') AS started,
+        bool_or(event_type = 'onboarding_completed') AS completed,
+        bool_or(event_type = 'onboarding_abandoned') AS abandoned,
+        (array_agg(step_number ORDER BY "timestamp", id)
+            FILTER (WHERE event_type = 'onboarding_abandoned'))[1] AS abandoned_step,
+        max(CASE WHEN event_type = 'step_completed' AND jsonb_typeof(metadata -> 'time_spent_ms') = 'number'
+                 THEN (metadata ->> 'time_spent_ms')::double precision END) AS ms
+    FROM ab_events
+    WHERE (%(since)s::timestamptz IS NULL OR "timestamp" >= %(since)s::timestamptz)
+      AND (%(until)s::timestamptz IS NULL OR "timestamp" < %(until)s::timestamptz)
+    GROUP BY 1, 2
+),
+sessions AS MATERIALIZED (
+    -- One row per session. Only the step IS NULL row can hold variant_assigned
+    -- and onboarding_abandoned, so max() just picks its value.
+    SELECT
+        session_id,
+        sum(events) AS events,
+        max(assigned_variant) AS variant,
+        min(min_variant) <> max(max_variant) AS contaminated,
+        bool_or(started) AS started,
+        bool_or(completed) AS completed,
+        bool_or(abandoned) AS abandoned,
+        max(abandoned_step) AS abandoned_step,
+        min(step) AS min_step,
+        max(step) AS max_step,
+        sum(ms) FILTER (WHERE step IS NOT NULL AND ms >= 0) AS total_ms,
+        array_agg(step ORDER BY step) FILTER (WHERE step IS NOT NULL AND ms >= 0) AS timed_steps,
+        array_agg(ms ORDER BY step) FILTER (WHERE step IS NOT NULL AND ms >= 0) AS step_ms
+    FROM per_step
+    GROUP BY session_id
+),
+classified AS MATERIALIZED (
+    SELECT *,
+        CASE WHEN contaminated THEN 'contaminated'
+             WHEN variant IS NULL THEN 'unassigned'
+             ELSE 'analysed' END AS status
+    FROM sessions
+),
+funnel AS (
+    SELECT status, variant, max_step, abandoned_step,
+        GROUPING(max_step, abandoned_step) AS level,
+        count(*) AS sessions,
+        sum(events) AS events,
+        count(*) FILTER (WHERE started) AS started,
+        count(*) FILTER (WHERE completed) AS completed,
+        count(*) FILTER (WHERE abandoned) AS abandoned,
+        min(min_step) AS first_step
+    FROM classified
+    GROUP BY GROUPING SETS ((status, variant), (status, variant, max_step), (status, variant, abandoned_step))
+),
+step_times AS MATERIALIZED (
+    SELECT c.variant, u.step, u.ms
+    FROM classified c CROSS JOIN LATERAL unnest(c.timed_steps, c.step_ms) AS u(step, ms)
+    WHERE c.status = 'analysed'
+),
+step_caps AS MATERIALIZED (
+    SELECT step, percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS cap
+    FROM step_times GROUP BY step
+),
+step_stats AS (
+    SELECT t.variant, t.step, count(*) AS sessions,
+        avg(least(t.ms, c.cap)) AS mean_ms,
+        avg(t.ms) AS mean_raw_ms,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY t.ms) AS median_ms,
+        percentile_cont(0.9) WITHIN GROUP (ORDER BY t.ms) AS p90_ms,
+        max(c.cap) AS cap_ms
+    FROM step_times t JOIN step_caps c USING (step)
+    GROUP BY t.variant, t.step
+),
+totals AS (
+    SELECT variant, total_ms FROM classified
+    WHERE status = 'analysed' AND completed AND total_ms IS NOT NULL
+),
+total_cap AS MATERIALIZED (
+    SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY total_ms) AS cap FROM totals
+),
+total_stats AS (
+    SELECT t.variant, count(*) AS sessions,
+        avg(least(t.total_ms, c.cap)) AS mean_ms,
+        stddev_samp(least(t.total_ms, c.cap)) AS sd_ms,
+        avg(t.total_ms) AS mean_raw_ms,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY t.total_ms) AS median_ms,
+        percentile_cont(0.9) WITHIN GROUP (ORDER BY t.total_ms) AS p90_ms,
+        max(c.cap) AS cap_ms
+    FROM totals t CROSS JOIN total_cap c
+    GROUP BY t.variant
+)
+SELECT json_build_object(
+    'funnel', (SELECT coalesce(json_agg(funnel), '[]'::json) FROM funnel),
+    'steps', (SELECT coalesce(json_agg(step_stats ORDER BY variant, step), '[]'::json) FROM step_stats),
+    'totals', (SELECT coalesce(json_agg(total_stats), '[]'::json) FROM total_stats)
+)
+"""
+
+
+# --- options -----------------------------------------------------------------------
+
+
+def parse_split(raw: str | dict[str, float]) -> dict[str, float]:
+    """``"fast=0.5,deep=0.5"`` (or a dict) to normalised shares of every variant."""
+    if isinstance(raw, dict):
+        weights = {str(k): float(v) for k, v in raw.items()}
+    else:
+        weights = {}
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            name, sep, value = part.partition("=")
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"expected split part {part!r} is not name=weight") from None
+            if not sep:
+                raise ValueError(f"expected split part {part!r} is not name=weight")
+    if set(weights) != set(VARIANT_NAMES):
+        raise ValueError(f"expected split must give a weight to each of {VARIANT_NAMES}, got {sorted(weights)}")
+    if any(not math.isfinite(w) or w <= 0 for w in weights.values()):
+        raise ValueError(f"expected split weights must be positive, got {weights}")
+    total = sum(weights.values())
+    return {name: weights[name] / total for name in VARIANT_NAMES}
+
+
+def configured_split() -> dict[str, float]:
+    """The planned split from the ``AB_EXPECTED_SPLIT`` setting (default 50/50)."""
+    return parse_split(getattr(settings, "AB_EXPECTED_SPLIT", None) or DEFAULT_SPLIT)
+
+
+def parse_moment(raw: str | datetime | date | None, *, end: bool = False) -> datetime | None:
+    """A ``since``/``until`` bound: ISO date or datetime (naive = UTC).
+
+    A bare date as the end of the range includes that whole day, so
+    ``--since 2025-01-01 --until 2025-01-31`` covers all of January.
+    """
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, datetime):
+        moment = raw
+    elif isinstance(raw, date):
+        moment = datetime.combine(raw + timedelta(days=1) if end else raw, time.min)
+    else:
+        text = raw.strip()
+        moment_or_none = parse_datetime(text) if "T" in text or " " in text else None
+        if moment_or_none is None:
+            day = parse_date(text)
+            if day is None:
+                raise ValueError(f"{text!r} is not an ISO date (YYYY-MM-DD) or datetime")
+            return parse_moment(day, end=end)
+        moment = moment_or_none
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# --- database ----------------------------------------------------------------------
+
+
+def fetch_aggregates(since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
+    """Run ``AGGREGATES_SQL``: session-level counts and time summaries as one JSON document."""
+    with connection.cursor() as cursor:
+        cursor.execute(AGGREGATES_SQL, {"since": since, "until": until})
+        (document,) = cursor.fetchone()
+    # psycopg decodes ``json`` columns itself; a plain string means a driver that does not.
+    return document if isinstance(document, dict) else json.loads(document)
+
+
+# --- assembly ------------------------------------------------------------------------
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _stage(stage: str, label: str, sessions: int, assigned: int, previous: int | None) -> dict[str, Any]:
+    low, high = stats.wilson_interval(sessions, assigned)
+    return {
+        "stage": stage,
+        "label": label,
+        "sessions": sessions,
+        "share_of_assigned": _share(sessions, assigned),
+        "ci_low": low,
+        "ci_high": high,
+        "step_to_step": None if previous is None else _share(sessions, previous),
+    }
+
+
+def _funnel(
+    variant: str, totals: dict[str, int], reached_hist: dict[int, int], steps: list[int]
+) -> list[dict[str, Any]]:
+    assigned = totals["sessions"]
+    stages = [_stage("assigned", "Assigned", assigned, assigned, None)]
+    stages.append(_stage("started", "Started", totals["started"], assigned, assigned))
+    previous = totals["started"]
+    for step in steps:
+        reached = sum(n for max_step, n in reached_hist.items() if max_step >= step)
+        stages.append(_stage(f"step_{step}", f"Step {step} done", reached, assigned, previous))
+        previous = reached
+    stages.append(_stage("completed", "Completed", totals["completed"], assigned, previous))
+    return stages
+
+
+def _comparison(x_a: int, n_a: int, x_b: int, n_b: int, confidence: float) -> dict[str, Any]:
+    return asdict(stats.compare_proportions(x_a, n_a, x_b, n_b, confidence=confidence))
+
+
+def _secondary(
+    totals: dict[str, dict[str, int]], time_stats: dict[str, dict[str, Any]], confidence: float, alpha: float
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Secondary metrics, their tests, and BH-adjusted p-values across them."""
+    a, b = totals[CONTROL], totals[TREATMENT]
+    metrics: list[dict[str, Any]] = []
+    for name, key, description in (
+        ("start rate", "started", "share of assigned sessions that started onboarding"),
+        ("abandonment rate", "abandoned", "share of assigned sessions that sent onboarding_abandoned"),
+    ):
+        c = stats.compare_proportions(a[key], a["sessions"], b[key], b["sessions"], confidence=confidence)
+        metrics.append(
+            {
+                "metric": name,
+                "description": description,
+                "kind": "proportion",
+                "control": c.rate_a,
+                "treatment": c.rate_b,
+                "diff": c.diff,
+                "diff_low": c.diff_low,
+                "diff_high": c.diff_high,
+                "p_value": c.p_value,
+            }
+        )
+    welch = None
+    ta, tb = time_stats.get(CONTROL), time_stats.get(TREATMENT)
+    if ta and tb:
+        result = stats.welch_ttest(
+            ta["mean_ms"],
+            ta["sd_ms"] or 0.0,
+            ta["sessions"],
+            tb["mean_ms"],
+            tb["sd_ms"] or 0.0,
+            tb["sessions"],
+            confidence,
+        )
+        welch = asdict(result) if result else None
+    metrics.append(
+        {
+            "metric": "time to complete (ms)",
+            "description": "sum of step times of completed sessions, capped at the pooled P99; Welch t-test",
+            "kind": "mean",
+            "control": welch["mean_a"] if welch else None,
+            "treatment": welch["mean_b"] if welch else None,
+            "diff": welch["diff"] if welch else None,
+            "diff_low": welch["diff_low"] if welch else None,
+            "diff_high": welch["diff_high"] if welch else None,
+            "p_value": welch["p_value"] if welch else None,
+        }
+    )
+    adjusted = stats.benjamini_hochberg(
+        {m["metric"]: (math.nan if m["p_value"] is None else m["p_value"]) for m in metrics}
+    )
+    for m in metrics:
+        m["p_adjusted"] = adjusted[m["metric"]]
+        m["significant"] = bool(adjusted[m["metric"]] < alpha)  # nan < alpha is False
+    return metrics, welch
+
+
+def assemble(
+    aggregates: dict[str, Any],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    expected_split: dict[str, float] | None = None,
+    sequential: bool = False,
+    alpha: float = stats.DEFAULT_ALPHA,
+) -> dict[str, Any]:
+    """Turn the aggregates into the report (pure: no database access)."""
+    split = parse_split(expected_split) if expected_split else configured_split()
+    confidence = 1 - alpha
+    totals = {v: {"sessions": 0, "events": 0, "started": 0, "completed": 0, "abandoned": 0} for v in VARIANT_NAMES}
+    reached: dict[str, dict[int, int]] = {v: {} for v in VARIANT_NAMES}
+    abandoned_at: dict[str, dict[int | None, int]] = {v: {} for v in VARIANT_NAMES}
+    first_step: dict[str, int] = {}
+    excluded: dict[str, int] = defaultdict(int)
+    excluded_events = 0
+    for row in aggregates["funnel"]:
+        if row["status"] != "analysed" or row["variant"] not in totals:
+            if row["level"] == 3:
+                excluded[row["status"]] += row["sessions"]
+                excluded_events += row["events"]
+            continue
+        variant = row["variant"]
+        if row["level"] == 3:
+            totals[variant] = {k: int(row[k]) for k in totals[variant]}
+            first_step[variant] = row["first_step"]
+        elif row["level"] == 1 and row["max_step"] is not None:
+            reached[variant][row["max_step"]] = row["sessions"]
+        elif row["level"] == 2 and row["abandoned"]:
+            # The NULL group also holds the sessions that never abandoned: count only those that did.
+            abandoned_at[variant][row["abandoned_step"]] = row["abandoned"]
+
+    time_stats = {row["variant"]: row for row in aggregates["totals"]}
+    steps_by_variant = {v: list(range(first_step[v], max(reached[v]) + 1)) if reached[v] else [] for v in VARIANT_NAMES}
+    assigned = {v: totals[v]["sessions"] for v in VARIANT_NAMES}
+    completed = {v: totals[v]["completed"] for v in VARIANT_NAMES}
+
+    primary = stats.compare_proportions(
+        completed[CONTROL], assigned[CONTROL], completed[TREATMENT], assigned[TREATMENT], confidence=confidence
+    )
+    srm = stats.sample_ratio_mismatch(assigned, split)
+    gate = stats.sample_gate(assigned, completed)
+    decision = stats.decide(
+        control=CONTROL, treatment=TREATMENT, primary=primary, srm=srm, gate=gate, alpha=alpha, sequential=sequential
+    )
+    secondary, welch = _secondary(totals, time_stats, confidence, alpha)
+
+    report = {
+        "verdict": decision.verdict,
+        "reasons": decision.reasons,
+        "control": CONTROL,
+        "treatment": TREATMENT,
+        "params": {
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat() if until else None,
+            "expected_split": split,
+            "alpha": alpha,
+            "confidence": confidence,
+            "sequential": sequential,
+            "min_sessions": stats.MIN_SESSIONS,
+            "min_outcomes": stats.MIN_OUTCOMES,
+            "srm_threshold": stats.SRM_THRESHOLD,
+        },
+        "sessions": {
+            "analysed": assigned,
+            "contaminated": excluded.get("contaminated", 0),
+            "unassigned": excluded.get("unassigned", 0),
+            "events": sum(t["events"] for t in totals.values()) + excluded_events,
+        },
+        "srm": asdict(srm),
+        "gate": asdict(gate),
+        "primary": {
+            "metric": "completion rate",
+            "description": "share of assigned sessions that completed onboarding",
+            **asdict(primary),
+        },
+        "secondary": secondary,
+        "funnel": {v: _funnel(v, totals[v], reached[v], steps_by_variant[v]) for v in VARIANT_NAMES},
+        "dropout": {
+            v: [
+                {
+                    "step": step,
+                    "sessions": n,
+                    "share_of_assigned": _share(n, assigned[v]),
+                    "share_of_abandoned": _share(n, totals[v]["abandoned"]),
+                }
+                for step, n in sorted(abandoned_at[v].items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
+            ]
+            for v in VARIANT_NAMES
+        },
+        "time_per_step": {
+            v: [
+                {k: row[k] for k in ("step", "sessions", "mean_ms", "mean_raw_ms", "median_ms", "p90_ms", "cap_ms")}
+                for row in aggregates["steps"]
+                if row["variant"] == v
+            ]
+            for v in VARIANT_NAMES
+        },
+        "time_to_complete": {
+            "definition": "sum of a completed session's step times (metadata.time_spent_ms), "
+            "mean capped at the pooled 99th percentile",
+            **{
+                v: {k: time_stats[v][k] for k in ("sessions", "mean_ms", "sd_ms", "mean_raw_ms", "median_ms", "p90_ms")}
+                if v in time_stats
+                else None
+                for v in VARIANT_NAMES
+            },
+            "welch": welch,
+        },
+    }
+    return _finite(report)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become None: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def build_report(
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    expected_split: dict[str, float] | None = None,
+    sequential: bool | None = None,
+    alpha: float = stats.DEFAULT_ALPHA,
+) -> dict[str, Any]:
+    """The full report for events with ``since <= timestamp < until`` (JSON-ready dict)."""
+    if sequential is None:
+        sequential = bool(getattr(settings, "AB_REPORT_SEQUENTIAL", False))
+    return assemble(
+        fetch_aggregates(since, until),
+        since=since,
+        until=until,
+        expected_split=expected_split,
+        sequential=sequential,
+        alpha=alpha,
+    )
