@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from server.apps.front import queue, writer
+from server.apps.front import metrics, queue, writer
 from server.embedded import free_port
 
 from .conftest import make_item, scrape
@@ -162,3 +163,22 @@ def test_multiprocess_mode_merges_counters_of_all_processes(tmp_path):
     assert "abflow_events_stored_total 7.0" in out.stdout
     assert "abflow_drain_batch_size_count 2.0" in out.stdout
     assert "abflow_queue_depth 0.0" in out.stdout
+
+
+def test_rejections_are_logged_per_class_with_counts_not_per_event(caplog):
+    rejections = metrics.RejectionLog(interval=3600)
+    with caplog.at_level(logging.INFO, logger="abflow.metrics"):
+        # The first rejection after a quiet spell is logged at once...
+        rejections.add("validation", "variant")
+        assert [(r.reason, r.field, r.count) for r in caplog.records] == [("validation", "variant", 1)]
+        # ...a burst inside the window only counts...
+        for _ in range(40):
+            rejections.add("validation", "variant")
+        for _ in range(3):
+            rejections.add("parse")
+        assert len(caplog.records) == 1
+        # ...and is logged as one line per class when the window closes (here: at exit).
+        rejections.flush()
+    lines = [(r.reason, r.field, r.count) for r in caplog.records[1:]]
+    assert lines == [("parse", "", 3), ("validation", "variant", 40)]
+    assert all(r.getMessage() == "ab_rejected" for r in caplog.records)
