@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,15 @@ def test_dashboard_panels_use_exposed_series(exposed):
         "abflow_drain_last_success_timestamp_seconds",
         "abflow_http_request_duration_seconds_count",
     } <= used
+
+
+def promtool() -> str | None:
+    return os.environ.get("PROMTOOL") or shutil.which("promtool")
+
+
+@pytest.mark.skipif(promtool() is None, reason="promtool not installed (Debian package prometheus, or set PROMTOOL)")
+def test_alert_rules_pass_promtool_checks_and_unit_tests():
+    """Syntax, and deploy/prometheus/alerts_test.yml: each key alert fires when it should and not otherwise."""
+    for args in (["check", "config", str(PROMETHEUS)], ["test", "rules", str(ALERTS.parent / "alerts_test.yml")]):
+        result = subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
