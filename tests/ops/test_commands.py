@@ -232,3 +232,8 @@ def test_prune_ages(text, expected):
 def test_prune_refuses_an_unclear_age(text):
     with pytest.raises(CommandError):
         run("ab_prune", "--older-than", text)
+
+
+def test_ab_queue_says_unknown_age_when_the_oldest_item_is_unreadable():
+    queue.push([b"{not json", make_item()])
+    assert "oldest queued    unknown" in run("ab_queue")

@@ -34,6 +34,13 @@ def _ago(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.1f} s ago"
 
 
+def _oldest(depth: int, age: float | None) -> str:
+    if depth == 0:
+        return "queue empty"
+    # The head item carries no readable receive time (it will be dead-lettered).
+    return "unknown" if age is None else _ago(age)
+
+
 class Command(BaseCommand):
     help = "Print the Redis queue's depth, in-flight events, dead letters, lag and last successful drain."
 
@@ -58,10 +65,7 @@ class Command(BaseCommand):
             ("queued", f"{figures['depth']} events"),
             ("in flight", f"{figures['inflight']} events in {batches} batch{'es' if batches != 1 else ''}"),
             ("dead letters", f"{figures['dead_letters']} events"),
-            (
-                "oldest queued",
-                "queue empty" if figures["oldest_age_seconds"] is None else _ago(figures["oldest_age_seconds"]),
-            ),
+            ("oldest queued", _oldest(figures["depth"], figures["oldest_age_seconds"])),
             ("last good drain", drain),
         ]
         for label, value in rows:
