@@ -255,7 +255,8 @@ CACHES = {
 
 # CORS (django-cors-headers) for the frontend on other origins.
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
-CORS_URLS_REGEX = r"^/api/rest/front/.*$"
+# Only the ingest endpoints: the staff report is not for other origins.
+CORS_URLS_REGEX = r"^/api/rest/front/ab-events?/$"
 # Browsers cache a preflight this long (Chromium caps it at 2 hours).
 CORS_PREFLIGHT_MAX_AGE = env_int("CORS_PREFLIGHT_MAX_AGE", 7200, minimum=0)
 # Session-authenticated users' cookies may come along; DRF then enforces CSRF.
