@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from server.apps.front import ops_views
+from server.apps.front import ops_views, report_views
 
 urlpatterns = [
     path("api/rest/front/", include("server.apps.front.urls")),
@@ -9,5 +9,8 @@ urlpatterns = [
     path("metrics", ops_views.metrics_view, name="metrics"),
     path("healthz", ops_views.healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),
+    # The experiment report page (staff only), before the admin's catch-all.
+    path("admin/ab-report/", report_views.admin_report, name="ab-report-admin"),
+    path("admin/ab-report/plotly.min.js", report_views.plotly_js, name="ab-report-plotly-js"),
     path("admin/", admin.site.urls),
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -15,27 +15,9 @@ from server.apps.front import analytics
 from server.apps.front.models import ABEvent
 from server.apps.front.report import build_report, parse_moment, parse_split
 
+from .factories import T0, bulk_sessions, ev, full_session
+
 pytestmark = pytest.mark.django_db
-
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-_clock = itertools.count()
-
-
-def ev(session: str, variant: str, event_type: str, step: int | None = None, ms: Any = None, **kw: Any) -> ABEvent:
-    """One event; successive calls get increasing timestamps (one second apart) unless ``at`` is given."""
-    at = kw.pop("at", T0 + timedelta(seconds=next(_clock)))
-    metadata = {} if ms is None else {"time_spent_ms": ms}
-    return ABEvent(
-        session_id=session, variant=variant, event_type=event_type, step_number=step, metadata=metadata, timestamp=at
-    )
-
-
-def full_session(session: str, variant: str, step_ms: list[int], *, complete: bool = True) -> list[ABEvent]:
-    events = [ev(session, variant, "variant_assigned"), ev(session, variant, "onboarding_started")]
-    events += [ev(session, variant, "step_completed", i, ms) for i, ms in enumerate(step_ms, start=1)]
-    if complete:
-        events.append(ev(session, variant, "onboarding_completed"))
-    return events
 
 
 def stage(report: dict[str, Any], variant: str, name: str) -> dict[str, Any]:
@@ -156,19 +138,9 @@ def test_date_range_filters_on_timestamp() -> None:
     assert moment["sessions"]["events"] == 2
 
 
-def _bulk_sessions(variant: str, sessions: int, completions: int, rng: random.Random) -> list[ABEvent]:
-    events = []
-    for i in range(sessions):
-        sid = f"{variant}-{i}"
-        done = i < completions
-        steps = [rng.randint(1000, 9000) for _ in range(3 if variant == "fast" else 4)] if done else []
-        events += full_session(sid, variant, steps, complete=done) if done else [ev(sid, variant, "variant_assigned")]
-    return events
-
-
 def test_welch_on_time_to_complete_matches_scipy_on_raw_totals() -> None:
     rng = random.Random(5)
-    events = _bulk_sessions("fast", 150, 60, rng) + _bulk_sessions("deep", 150, 70, rng)
+    events = bulk_sessions("fast", 150, 60, rng) + bulk_sessions("deep", 150, 70, rng)
     ABEvent.objects.bulk_create(events)
     totals: dict[str, list[float]] = {"fast": [], "deep": []}
     for sid, group in itertools.groupby(
@@ -186,7 +158,7 @@ def test_welch_on_time_to_complete_matches_scipy_on_raw_totals() -> None:
 
 def test_verdict_from_the_database_deep_wins() -> None:
     rng = random.Random(1)
-    ABEvent.objects.bulk_create(_bulk_sessions("fast", 200, 60, rng) + _bulk_sessions("deep", 200, 110, rng))
+    ABEvent.objects.bulk_create(bulk_sessions("fast", 200, 60, rng) + bulk_sessions("deep", 200, 110, rng))
     report = build_report()
     assert report["verdict"] == "deep wins"
     assert report["primary"]["p_value"] == pytest.approx(
@@ -199,7 +171,7 @@ def test_verdict_from_the_database_deep_wins() -> None:
 
 def test_verdict_from_the_database_sample_ratio_mismatch() -> None:
     rng = random.Random(2)
-    ABEvent.objects.bulk_create(_bulk_sessions("fast", 200, 60, rng) + _bulk_sessions("deep", 320, 160, rng))
+    ABEvent.objects.bulk_create(bulk_sessions("fast", 200, 60, rng) + bulk_sessions("deep", 320, 160, rng))
     assert build_report()["verdict"] == "invalid: sample ratio mismatch"
     # The same data is fine against a planned 40/60 split.
     planned = build_report(expected_split=parse_split("fast=0.4,deep=0.6"))
@@ -208,7 +180,7 @@ def test_verdict_from_the_database_sample_ratio_mismatch() -> None:
 
 def test_expected_split_setting(settings: Any) -> None:
     rng = random.Random(3)
-    ABEvent.objects.bulk_create(_bulk_sessions("fast", 200, 60, rng) + _bulk_sessions("deep", 320, 160, rng))
+    ABEvent.objects.bulk_create(bulk_sessions("fast", 200, 60, rng) + bulk_sessions("deep", 320, 160, rng))
     settings.AB_EXPECTED_SPLIT = "fast=0.4,deep=0.6"
     report = build_report()
     assert report["params"]["expected_split"] == {"fast": 0.4, "deep": 0.6}

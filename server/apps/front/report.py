@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -204,6 +205,29 @@ def parse_moment(raw: str | datetime | date | None, *, end: bool = False) -> dat
             return parse_moment(day, end=end)
         moment = moment_or_none
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+
+
+def options_from_query(query: Mapping[str, str]) -> dict[str, Any]:
+    """``build_report`` keyword arguments from a query string (``since``, ``until``, ``sequential``, ``split``).
+
+    Raises ValueError with a message fit for the user.
+    """
+    options: dict[str, Any] = {
+        "since": parse_moment(query.get("since")),
+        "until": parse_moment(query.get("until"), end=True),
+    }
+    if query.get("split"):
+        options["expected_split"] = parse_split(query["split"])
+    if "sequential" in query:
+        word = query["sequential"].strip().lower()
+        if word not in TRUE_WORDS | FALSE_WORDS:
+            raise ValueError(f"sequential={query['sequential']!r} is not a boolean")
+        options["sequential"] = word in TRUE_WORDS
+    return options
 
 
 # --- database ----------------------------------------------------------------------
