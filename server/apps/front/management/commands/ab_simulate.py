@@ -1,0 +1,217 @@
+"""Push simulated onboarding sessions through the real ingest path.
+
+Every event is validated by the endpoint's serializer and handed to
+``serializers.enqueue``, the function behind ``POST /api/rest/front/ab-event/``,
+so it lands in the same Redis queue and reaches PostgreSQL through the same
+writer (the Celery drain, or ``--drain`` here). Nothing is written to the
+table directly.
+
+The sessions look like the real thing: fewer steps in ``fast`` than in
+``deep``, log-normal step times with a few left-open-tab outliers, silent
+drop-outs beside explicit ``onboarding_abandoned`` events, double-fired
+events (a second event id, so they reach the table) and a few sessions that
+switch variant mid-way (contamination).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from server.apps.front import queue, writer
+from server.apps.front.report import configured_split, parse_split
+from server.apps.front.serializers import ABEventSerializer, enqueue
+
+STEP_MEDIAN_MS = {"fast": [8_000, 12_000, 6_000], "deep": [15_000, 25_000, 20_000, 30_000, 18_000, 10_000]}
+STEP_SIGMA = 0.5
+OUTLIER_RATE = 0.01
+START_RATE = 0.9
+CATEGORIES = ["health", "fitness", "sleep", "nutrition", "mindfulness"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    sessions: int
+    fast_completion: float
+    deep_lift: float
+    split: dict[str, float]
+    contamination: float
+    duplicates: float
+    abandon_report_rate: float
+
+    def completion(self, variant: str) -> float:
+        return self.fast_completion + (self.deep_lift if variant == "deep" else 0.0)
+
+
+@dataclass
+class Tally:
+    """What was generated, to compare with what the report finds (per variant: clean sessions only)."""
+
+    sessions: dict[str, int] = field(default_factory=lambda: {"fast": 0, "deep": 0})
+    completed: dict[str, int] = field(default_factory=lambda: {"fast": 0, "deep": 0})
+    contaminated: int = 0
+    events: int = 0
+    duplicates: int = 0
+
+
+def _step_time(rng: random.Random, median_ms: int) -> int:
+    ms = rng.lognormvariate(math.log(median_ms), STEP_SIGMA)
+    if rng.random() < OUTLIER_RATE:
+        ms *= rng.uniform(5, 20)  # the tab was left open
+    return max(1, round(ms))
+
+
+def session_events(plan: Plan, rng: random.Random, tally: Tally) -> list[dict[str, Any]]:
+    """One session's events as the frontend would send them (serializer input)."""
+    variant = rng.choices(list(plan.split), weights=list(plan.split.values()))[0]
+    sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    medians = STEP_MEDIAN_MS[variant]
+    # Per-step continuation chosen so that P(complete) = START_RATE * q**steps.
+    q = (plan.completion(variant) / START_RATE) ** (1 / len(medians))
+    events: list[dict[str, Any]] = [{"event_type": "variant_assigned", "metadata": {}}]
+    completed = False
+    if rng.random() < START_RATE:
+        events.append({"event_type": "onboarding_started", "metadata": {}})
+        for step, median in enumerate(medians, start=1):
+            if rng.random() >= q:
+                if rng.random() < plan.abandon_report_rate:
+                    partial = _step_time(rng, median) // 2
+                    events.append(
+                        {
+                            "event_type": "onboarding_abandoned",
+                            "step_number": step,
+                            "metadata": {"time_spent_ms": partial},
+                        }
+                    )
+                break
+            metadata: dict[str, Any] = {"time_spent_ms": _step_time(rng, median)}
+            if step == 1:
+                metadata["category_selected"] = rng.choice(CATEGORIES)
+            events.append({"event_type": "step_completed", "step_number": step, "metadata": metadata})
+        else:
+            completed = True
+            events.append({"event_type": "onboarding_completed", "metadata": {}})
+    other = "deep" if variant == "fast" else "fast"
+    switch_at = len(events) if len(events) < 2 or rng.random() >= plan.contamination else rng.randrange(1, len(events))
+    if switch_at < len(events):
+        tally.contaminated += 1
+    else:
+        tally.sessions[variant] += 1
+        tally.completed[variant] += completed
+    out = []
+    for index, event in enumerate(events):
+        event.update(session_id=sid, variant=variant if index < switch_at else other, event_id=str(uuid.uuid4()))
+        out.append(event)
+        if rng.random() < plan.duplicates:
+            out.append({**event, "event_id": str(uuid.uuid4())})  # double-fired: a new id, so it is stored
+            tally.duplicates += 1
+    tally.events += len(out)
+    return out
+
+
+def generate(
+    plan: Plan, tally: Tally, seed: int | None = None, batch_size: int = 2000
+) -> Iterator[list[dict[str, Any]]]:
+    """Yield batches of events (whole sessions, about ``batch_size`` events); ``tally`` counts what was made."""
+    rng = random.Random(seed)
+    batch: list[dict[str, Any]] = []
+    for _ in range(plan.sessions):
+        batch.extend(session_events(plan, rng, tally))
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def push_batch(batch: list[dict[str, Any]]) -> None:
+    """Validate like the endpoint does, then enqueue like the endpoint does."""
+    serializer = ABEventSerializer(data=batch, many=True)
+    if not serializer.is_valid():
+        bad = next(err for err in serializer.errors if err)
+        raise CommandError(f"the simulator produced an event the endpoint refuses: {bad}")
+    enqueue(list(serializer.validated_data))
+
+
+class Command(BaseCommand):
+    help = "Simulate onboarding sessions and push their events through the ingest queue (the endpoint's path)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--sessions", type=int, default=20_000)
+        parser.add_argument(
+            "--deep-lift",
+            type=float,
+            default=0.03,
+            help="absolute change in deep's completion probability (0.03 = +3 percentage points)",
+        )
+        parser.add_argument("--fast-completion", type=float, default=0.55, help="fast's completion probability")
+        parser.add_argument(
+            "--split", default=None, help="true assignment split, e.g. fast=0.55,deep=0.45 (default AB_EXPECTED_SPLIT)"
+        )
+        parser.add_argument("--contamination", type=float, default=0.002, help="share of sessions that switch variant")
+        parser.add_argument("--duplicates", type=float, default=0.01, help="share of events the client sends twice")
+        parser.add_argument("--abandon-report-rate", type=float, default=0.6, help="drop-outs that send abandoned")
+        parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument("--batch-size", type=int, default=2000, help="events per push")
+        parser.add_argument("--drain", action="store_true", help="write the queue into PostgreSQL now (no worker)")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        plan = self._plan(opts)
+        tally = Tally()
+        try:
+            for batch in generate(plan, tally, opts["seed"], opts["batch_size"]):
+                push_batch(batch)
+        except queue.QueueFull as exc:
+            raise CommandError(f"the ingest queue is full ({exc}); let the worker drain it first") from exc
+        except redis.RedisError as exc:
+            raise CommandError(f"Redis is unavailable: {exc}") from exc
+        self.stdout.write(
+            f"queued {tally.events:,} events for {plan.sessions:,} sessions "
+            f"(fast {tally.sessions['fast']:,}, deep {tally.sessions['deep']:,}; "
+            f"completed fast {tally.completed['fast']:,}, deep {tally.completed['deep']:,}; "
+            f"{tally.contaminated} contaminated, {tally.duplicates} double-fired events)"
+        )
+        if opts["drain"]:
+            result = writer.drain(budget=3600)
+            if result.error:
+                raise CommandError(f"database unavailable, events wait in Redis: {result.error}")
+            self.stdout.write(f"stored {result.stored:,} events in PostgreSQL ({result.dead_lettered} dead-lettered)")
+        else:
+            self.stdout.write("the Celery worker writes them to PostgreSQL within seconds (or run: manage.py ab_flush)")
+
+    @staticmethod
+    def _plan(opts: dict[str, Any]) -> Plan:
+        try:
+            split = parse_split(opts["split"]) if opts["split"] else configured_split()
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        plan = Plan(
+            sessions=opts["sessions"],
+            fast_completion=opts["fast_completion"],
+            deep_lift=opts["deep_lift"],
+            split=split,
+            contamination=opts["contamination"],
+            duplicates=opts["duplicates"],
+            abandon_report_rate=opts["abandon_report_rate"],
+        )
+        if plan.sessions < 0:
+            raise CommandError("--sessions must be >= 0")
+        for variant in ("fast", "deep"):
+            if not 0 < plan.completion(variant) <= START_RATE:
+                raise CommandError(
+                    f"{variant}'s completion probability {plan.completion(variant):.3f} must be in (0, {START_RATE}] "
+                    f"(only {START_RATE:.0%} of sessions start onboarding)"
+                )
+        for name in ("contamination", "duplicates", "abandon_report_rate"):
+            if not 0 <= getattr(plan, name) <= 1:
+                raise CommandError(f"--{name.replace('_', '-')} must be between 0 and 1")
+        if opts["batch_size"] < 1:
+            raise CommandError("--batch-size must be >= 1")
+        return plan
