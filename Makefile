@@ -33,9 +33,13 @@ migrate: services
 	$(BIN)/python manage.py migrate --noinput
 
 # Web (gunicorn on 127.0.0.1:$(PORT)) + Celery worker + beat in the foreground; Ctrl-C stops them all.
+# Prometheus multiprocess files of web + worker + beat: one directory, emptied at start.
+METRICS_DIR := $(CURDIR)/.data/prometheus
+
 run: migrate
 	$(BIN)/python manage.py collectstatic --noinput -v 0
-	PORT=$(PORT) $(BIN)/honcho start -f Procfile -p $(PORT)
+	@rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
+	PORT=$(PORT) PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(BIN)/honcho start -f Procfile -p $(PORT)
 
 test: services
 	$(BIN)/python -m pytest $(ARGS)
