@@ -7,15 +7,17 @@ only turns those few dozen numbers into statistics (``stats``) and a verdict.
 
 Definitions (see docs/report.md for how to read them):
 
-* the unit is the session; a session's variant is that of its first
-  ``variant_assigned`` event (by timestamp, then insertion order);
-* a session with events in both variants is *contaminated* and excluded;
-  one without ``variant_assigned`` (in the date range) is *unassigned* and
-  excluded; both are counted and shown;
+* the unit is the session; a session's variant is that of its
+  ``variant_assigned`` event;
+* a session with events in both variants is *contaminated* and excluded
+  (so "the variant of its first ``variant_assigned``" and "of any" agree for
+  every session that is kept); one without ``variant_assigned`` (in the date
+  range) is *unassigned* and excluded; both are counted and shown;
 * every funnel count is a count of sessions (``bool_or`` per session), so a
   duplicated event never counts twice; a step's time is taken once per
   session and step;
-* "step k done" = the session completed step k or a later one;
+* "step k done" = the session completed step k or a later one; a session's
+  drop-off step is the furthest step at which it sent ``onboarding_abandoned``;
 * time to complete = the sum of the session's step times
   (``metadata.time_spent_ms``, measured by the client) over completed
   sessions. Chosen over "completed minus started timestamp" because
@@ -45,48 +47,31 @@ TREATMENT = "deep"
 DEFAULT_SPLIT = "fast=0.5,deep=0.5"
 
 AGGREGATES_SQL = """
-WITH per_step AS (
-    -- One row per (session, step) for step_completed events, plus one row per
-    -- session for all its other events (step IS NULL): a step's time is then
-    -- taken once however often the event was sent.
-    SELECT
-        session_id,
-        CASE WHEN event_type = 'step_completed' THEN step_number END AS step,
-        count(*) AS events,
-        (array_agg(variant ORDER BY "timestamp", id)
-            FILTER (WHERE event_type = 'variant_assigned'))[1] AS assigned_variant,
-        min(variant) AS min_variant,
-        max(variant) AS max_variant,
-        bool_or(event_type = 'onboarding_started') AS started,
-        bool_or(event_type = 'onboarding_completed') AS completed,
-        bool_or(event_type = 'onboarding_abandoned') AS abandoned,
-        (array_agg(step_number ORDER BY "timestamp", id)
-            FILTER (WHERE event_type = 'onboarding_abandoned'))[1] AS abandoned_step,
-        max(CASE WHEN event_type = 'step_completed' AND jsonb_typeof(metadata -> 'time_spent_ms') = 'number'
-                 THEN (metadata ->> 'time_spent_ms')::double precision END) AS ms
+WITH events AS (
+    SELECT session_id, variant, event_type, step_number,
+        CASE WHEN event_type = 'step_completed' AND jsonb_typeof(metadata -> 'time_spent_ms') = 'number'
+             THEN (metadata ->> 'time_spent_ms')::double precision END AS ms
     FROM ab_events
     WHERE (%(since)s::timestamptz IS NULL OR "timestamp" >= %(since)s::timestamptz)
       AND (%(until)s::timestamptz IS NULL OR "timestamp" < %(until)s::timestamptz)
-    GROUP BY 1, 2
 ),
 sessions AS MATERIALIZED (
-    -- One row per session. Only the step IS NULL row can hold variant_assigned
-    -- and onboarding_abandoned, so max() just picks its value.
+    -- The one grouped pass over the events: one row per session. jsonb_object_agg
+    -- keeps one time per step (a repeated key keeps one value), so a step_completed
+    -- sent twice is timed once.
     SELECT
         session_id,
-        sum(events) AS events,
-        max(assigned_variant) AS variant,
-        min(min_variant) <> max(max_variant) AS contaminated,
-        bool_or(started) AS started,
-        bool_or(completed) AS completed,
-        bool_or(abandoned) AS abandoned,
-        max(abandoned_step) AS abandoned_step,
-        min(step) AS min_step,
-        max(step) AS max_step,
-        sum(ms) FILTER (WHERE step IS NOT NULL AND ms >= 0) AS total_ms,
-        array_agg(step ORDER BY step) FILTER (WHERE step IS NOT NULL AND ms >= 0) AS timed_steps,
-        array_agg(ms ORDER BY step) FILTER (WHERE step IS NOT NULL AND ms >= 0) AS step_ms
-    FROM per_step
+        count(*) AS events,
+        min(variant) FILTER (WHERE event_type = 'variant_assigned') AS variant,
+        min(variant) <> max(variant) AS contaminated,
+        bool_or(event_type = 'onboarding_started') AS started,
+        bool_or(event_type = 'onboarding_completed') AS completed,
+        bool_or(event_type = 'onboarding_abandoned') AS abandoned,
+        max(step_number) FILTER (WHERE event_type = 'onboarding_abandoned') AS abandoned_step,
+        min(step_number) FILTER (WHERE event_type = 'step_completed') AS min_step,
+        max(step_number) FILTER (WHERE event_type = 'step_completed') AS max_step,
+        jsonb_object_agg(step_number, ms) FILTER (WHERE step_number IS NOT NULL AND ms >= 0) AS step_ms
+    FROM events
     GROUP BY session_id
 ),
 classified AS MATERIALIZED (
@@ -109,8 +94,8 @@ funnel AS (
     GROUP BY GROUPING SETS ((status, variant), (status, variant, max_step), (status, variant, abandoned_step))
 ),
 step_times AS MATERIALIZED (
-    SELECT c.variant, u.step, u.ms
-    FROM classified c CROSS JOIN LATERAL unnest(c.timed_steps, c.step_ms) AS u(step, ms)
+    SELECT c.variant, c.session_id, c.completed, u.key::int AS step, u.value::double precision AS ms
+    FROM classified c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
     WHERE c.status = 'analysed'
 ),
 step_caps AS MATERIALIZED (
@@ -128,8 +113,7 @@ step_stats AS (
     GROUP BY t.variant, t.step
 ),
 totals AS (
-    SELECT variant, total_ms FROM classified
-    WHERE status = 'analysed' AND completed AND total_ms IS NOT NULL
+    SELECT variant, sum(ms) AS total_ms FROM step_times WHERE completed GROUP BY variant, session_id
 ),
 total_cap AS MATERIALIZED (
     SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY total_ms) AS cap FROM totals
