@@ -244,6 +244,7 @@ def _lift_chart(report: dict[str, Any]) -> go.Figure:
         fig.add_vline(x=0, line_dash="dash", line_color="grey", row=1, col=col)
     # Same rows in both panels, so the intervals line up.
     fig.update_yaxes(categoryorder="array", categoryarray=[always, fixed], range=[-0.6, 1.6])
+    fig.update_yaxes(showticklabels=False, row=1, col=2)
     fig.update_layout(title=f"{report['treatment']} vs {report['control']} (control)")
     return fig
 
