@@ -246,9 +246,8 @@ def _stage(stage: str, label: str, sessions: int, assigned: int, previous: int |
     }
 
 
-def _funnel(
-    variant: str, totals: dict[str, int], reached_hist: dict[int, int], steps: list[int]
-) -> list[dict[str, Any]]:
+def _funnel(totals: dict[str, int], reached_hist: dict[int, int], steps: list[int]) -> list[dict[str, Any]]:
+    """Assigned, started, each step, completed: sessions, share of assigned with its interval, step-to-step."""
     assigned = totals["sessions"]
     stages = [_stage("assigned", "Assigned", assigned, assigned, None)]
     stages.append(_stage("started", "Started", totals["started"], assigned, assigned))
@@ -259,10 +258,6 @@ def _funnel(
         previous = reached
     stages.append(_stage("completed", "Completed", totals["completed"], assigned, previous))
     return stages
-
-
-def _comparison(x_a: int, n_a: int, x_b: int, n_b: int, confidence: float) -> dict[str, Any]:
-    return asdict(stats.compare_proportions(x_a, n_a, x_b, n_b, confidence=confidence))
 
 
 def _secondary(
@@ -403,7 +398,7 @@ def assemble(
             **asdict(primary),
         },
         "secondary": secondary,
-        "funnel": {v: _funnel(v, totals[v], reached[v], steps_by_variant[v]) for v in VARIANT_NAMES},
+        "funnel": {v: _funnel(totals[v], reached[v], steps_by_variant[v]) for v in VARIANT_NAMES},
         "dropout": {
             v: [
                 {
