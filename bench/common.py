@@ -62,7 +62,9 @@ def bench_redis_url() -> str:
 
 def bench_env(**overrides: str) -> dict[str, str]:
     """The environment of every process of the bench stack (and of Django in this process)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AB_", "GUNICORN_", "CELERY_"))}
+    # AB_*, GUNICORN_* and WEB_CONCURRENCY from the caller's environment pass
+    # through, so a setting can be tried with e.g. `AB_BATCH_SIZE=5000 python bench/...`.
+    env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="server.settings",
         DATABASE_URL=bench_database_url(),

@@ -8,11 +8,18 @@ import multiprocessing
 import os
 
 bind = os.environ.get("GUNICORN_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
-# The endpoint is short and CPU-bound (parse, validate, one Redis round trip):
-# sync workers, about one per core plus one, keep p99 low without thread contention.
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() + 1))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+# The endpoint is short and CPU-bound (parse, validate, one Redis round trip).
+# gthread, one process per core, a few threads each: it keeps HTTP/1.1
+# connections alive (browsers, sendBeacon and load balancers reuse them),
+# where sync workers close every connection, so each request paid a TCP
+# handshake and a thundering-herd accept across workers. Measured with
+# bench/bench_ingest.py on 2 cores at 32 connections: sync x3 ~1.8-3 ms of
+# gunicorn CPU per request, gthread 2x4 ~1.45 ms, and 2-5x the requests/s
+# (docs/performance.md). The threads overlap the Redis round trip; more
+# processes than cores only add context switches.
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 backlog = int(os.environ.get("GUNICORN_BACKLOG", "2048"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
