@@ -272,6 +272,13 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS") or CORS_ALLOWED_ORIGINS
 # share one Redis server with different prefixes.
 AB_QUEUE_KEY_PREFIX = env_str("AB_QUEUE_KEY_PREFIX", "ab")
 
+# --- experiment report (docs/report.md) ------------------------------------------
+
+# The planned assignment split, for the sample-ratio-mismatch check.
+AB_EXPECTED_SPLIT = env_str("AB_EXPECTED_SPLIT", "fast=0.5,deep=0.5")
+# Use the always-valid (sequential) interval for the verdict: for teams that look every day.
+AB_REPORT_SEQUENTIAL = env_bool("AB_REPORT_SEQUENTIAL", False)
+
 # --- operations (docs/operations.md) -------------------------------------------
 
 # GET /metrics is served to these client addresses/networks (REMOTE_ADDR), or

@@ -138,6 +138,18 @@ def test_date_range_filters_on_timestamp() -> None:
     assert moment["sessions"]["events"] == 2
 
 
+def test_date_range_uses_the_corrected_client_time_where_present() -> None:
+    """An event recorded offline on day 1 and received on day 2 belongs to day 1."""
+    day1, day2 = T0, T0 + timedelta(days=1)
+    late = ev("c", "fast", "variant_assigned", at=day2)
+    late.event_time = day1
+    ABEvent.objects.bulk_create([late, ev("d", "deep", "variant_assigned", at=day2)])
+    only_day1 = build_report(until=parse_moment("2025-03-01", end=True))
+    assert only_day1["sessions"]["analysed"] == {"fast": 1, "deep": 0}
+    only_day2 = build_report(since=parse_moment("2025-03-02"))
+    assert only_day2["sessions"]["analysed"] == {"fast": 0, "deep": 1}
+
+
 def test_welch_on_time_to_complete_matches_scipy_on_raw_totals() -> None:
     rng = random.Random(5)
     events = bulk_sessions("fast", 150, 60, rng) + bulk_sessions("deep", 150, 70, rng)

@@ -52,8 +52,10 @@ WITH events AS (
         CASE WHEN event_type = 'step_completed' AND jsonb_typeof(metadata -> 'time_spent_ms') = 'number'
              THEN (metadata ->> 'time_spent_ms')::double precision END AS ms
     FROM ab_events
-    WHERE (%(since)s::timestamptz IS NULL OR "timestamp" >= %(since)s::timestamptz)
-      AND (%(until)s::timestamptz IS NULL OR "timestamp" < %(until)s::timestamptz)
+    -- The event's own time where the client sent one (client_ts corrected to
+    -- the server's clock at enqueue, docs/frontend.md), else the receive time.
+    WHERE (%(since)s::timestamptz IS NULL OR COALESCE(event_time, "timestamp") >= %(since)s::timestamptz)
+      AND (%(until)s::timestamptz IS NULL OR COALESCE(event_time, "timestamp") < %(until)s::timestamptz)
 ),
 sessions AS MATERIALIZED (
     -- The one grouped pass over the events: one row per session. jsonb_object_agg
@@ -453,7 +455,7 @@ def build_report(
     sequential: bool | None = None,
     alpha: float = stats.DEFAULT_ALPHA,
 ) -> dict[str, Any]:
-    """The full report for events with ``since <= timestamp < until`` (JSON-ready dict)."""
+    """The full report for events with ``since <= coalesce(event_time, timestamp) < until`` (JSON-ready dict)."""
     if sequential is None:
         sequential = bool(getattr(settings, "AB_REPORT_SEQUENTIAL", False))
     return assemble(
