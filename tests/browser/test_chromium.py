@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,22 +22,9 @@ from django.db import connections
 from server.apps.front import queue
 from server.apps.front.models import ABEvent
 from server.apps.front.writer import drain
+from tests.chromium import BROWSER_TEST_MARKS, launch
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = BROWSER_TEST_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
 
 PAGE = """<!doctype html>
@@ -115,7 +101,7 @@ def browser_page(live_server, settings, monkeypatch) -> Iterator[tuple[Any, Page
     with PageServer(pages) as server:
         settings.CORS_ALLOWED_ORIGINS = [server.origin]
         with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            browser = launch(playwright)
             try:
                 page = browser.new_context().new_page()
                 page.goto(f"{server.origin}/index.html")

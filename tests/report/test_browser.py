@@ -16,24 +16,11 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from server.apps.front.models import ABEvent
+from tests.chromium import BROWSER_TEST_MARKS, launch
 
 from .factories import bulk_sessions, ev
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = BROWSER_TEST_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
 
 
@@ -52,7 +39,7 @@ def test_admin_report_page_renders_its_charts(live_server: Any, tmp_path: Path) 
     shot = Path(os.environ.get("AB_REPORT_SCREENSHOT") or tmp_path / "report.png")
     errors: list[str] = []
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("pageerror", lambda exc: errors.append(str(exc)))
