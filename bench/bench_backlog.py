@@ -106,7 +106,10 @@ def main() -> None:
     stored = db_scalar("SELECT count(*) FROM ab_events")
     mb = 1024 * 1024
     print(f"drained {stored} of {args.events} events in {seconds:.1f} s ({stored / seconds:.0f} events/s)")
-    print(f"worker peak RSS: drain process {sampler.peak_process / mb:.0f} MB, parent + child {sampler.peak_tree / mb:.0f} MB")
+    print(
+        f"worker peak RSS: drain process {sampler.peak_process / mb:.0f} MB,"
+        f" parent + child {sampler.peak_tree / mb:.0f} MB"
+    )
     reset()
     emit(
         {

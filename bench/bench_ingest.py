@@ -55,8 +55,8 @@ def main() -> None:
     with Processes("ingest") as procs:
         async_web = procs.web("web-async")
         sync_web = procs.web("web-baseline", DJANGO_SETTINGS_MODULE="bench.baseline.settings")
-        procs.worker()
-        procs.beat()
+        worker = procs.worker()
+        beat = procs.beat()
         for hostport in (async_web, sync_web):  # warm-up: imports, connections, caches
             wrk(hostport, INGEST_PATH, single, connections=args.connections, seconds=3)
 
@@ -68,11 +68,18 @@ def main() -> None:
                 runs[kind].append(result)
                 print(_row(f"{kind} #{i + 1}", result), flush=True)
 
+        # Batches measure the web tier alone: at these rates the drain (one
+        # worker, bench_drain.py) would take a core of the two, so worker and
+        # beat stop and the queue absorbs the runs (emptied afterwards).
+        beat.terminate()
+        worker.terminate()
         batches: list[WrkResult] = []
         for i in range(args.runs):
+            reset()
             result = wrk(async_web, BATCH_PATH, batch, connections=args.batch_connections, seconds=args.seconds)
             batches.append(result)
             print(_row(f"batch x{BATCH_EVENTS} #{i + 1} (ev/s)", result, BATCH_EVENTS), flush=True)
+        reset()
 
     rps = {kind: median([r.rps for r in rs]) for kind, rs in runs.items()}
     p50 = {kind: median([r.p50_ms for r in rs]) for kind, rs in runs.items()}
@@ -86,7 +93,10 @@ def main() -> None:
     print(f"  async     {rps['async']:>8.0f} req/s  p50 {p50['async']:.2f} ms  p99 {p99['async']:.2f} ms")
     print(f"  baseline  {rps['baseline']:>8.0f} req/s  p50 {p50['baseline']:.2f} ms  p99 {p99['baseline']:.2f} ms")
     print(f"  ratio     {rps['async'] / rps['baseline']:.2f}x (per pair: {', '.join(f'{r:.2f}' for r in ratios)})")
-    print(f"  batch     {batch_eps:>8.0f} events/s ({BATCH_EVENTS} per request, {args.batch_connections} connections)")
+    print(
+        f"  batch     {batch_eps:>8.0f} events/s ({BATCH_EVENTS} per request, {args.batch_connections} connections,"
+        " web tier alone)"
+    )
     if bad or batch_bad:
         print(f"  WARNING: {bad + batch_bad} non-2xx answers or socket errors; see bench/results/ingest/")
     emit(

@@ -75,11 +75,17 @@ def calibrate_delay(web: str, connections: int, rate: float) -> float:
     body = json.dumps(event_body(3)).encode()
     target_cycle_ms = connections / rate * 1000
     delay_ms = target_cycle_ms
-    for _ in range(3):
+    tried: list[tuple[float, float]] = []  # (distance from the rate, delay)
+    for _ in range(5):
         trial = wrk(web, INGEST_PATH, body, connections=connections, seconds=3, delay_ms=delay_ms)
+        print(f"  calibration: delay {delay_ms:.1f} ms -> {trial.rps:.0f} events/s", flush=True)
+        tried.append((abs(trial.rps - rate), delay_ms))
         cycle_ms = connections / trial.rps * 1000
+        if abs(cycle_ms - target_cycle_ms) < 0.03 * target_cycle_ms:
+            break
+        # The cycle is the delay plus the request's own time.
         delay_ms = max(1.0, delay_ms - (cycle_ms - target_cycle_ms))
-    return delay_ms
+    return min(tried)[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -91,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=1000, help="target events/s")
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=10)
     args = parser.parse_args()
 
     import json
@@ -106,9 +112,10 @@ def main() -> None:
         # Warm up (imports, pools), then let the queue empty before measuring.
         wrk(web, INGEST_PATH, json.dumps(event_body(1)).encode(), connections=4, seconds=2)
         time.sleep(flush_interval + 1)
-        poller = LagPoller(since_epoch=time.time() + 1)
-        poller.start()
         delay_ms = calibrate_delay(web, args.connections, args.rate)
+        time.sleep(flush_interval + 1)  # calibration's events drained
+        poller = LagPoller(since_epoch=time.time() + 0.5)
+        poller.start()
         load = wrk(
             web,
             INGEST_PATH,

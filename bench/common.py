@@ -100,9 +100,7 @@ def ensure_database() -> None:
         if cur.fetchone() is None:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     conn.close()
-    subprocess.run(
-        [PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO_ROOT, env=bench_env(), check=True
-    )
+    subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO_ROOT, env=bench_env(), check=True)
 
 
 def reset() -> None:
@@ -193,8 +191,19 @@ class Processes:
         proc = self.spawn(
             name,
             [
-                PYTHON, "-m", "celery", "-A", "celery_app", "worker", "--concurrency=1", "-l", "info",
-                "--without-gossip", "--without-mingle", "-n", f"{name}@%h",
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "celery_app",
+                "worker",
+                "--concurrency=1",
+                "-l",
+                "info",
+                "--without-gossip",
+                "--without-mingle",
+                "-n",
+                f"{name}@%h",
             ],
             **{"LOG_LEVEL": "INFO", **env},
         )
@@ -257,8 +266,15 @@ def wrk(
     env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_DELAY_MS": str(delay_ms)}
     out = subprocess.run(
         [
-            require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{round(seconds)}s", "--timeout", "10s",
-            "-s", str(WRK_SCRIPT), f"http://{hostport}{path}",
+            require_wrk(),
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{round(seconds)}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(WRK_SCRIPT),
+            f"http://{hostport}{path}",
         ],
         env=env,
         capture_output=True,

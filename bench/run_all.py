@@ -126,8 +126,10 @@ def main() -> None:
         ),
     ]
     print("\n" + "=" * 118)
-    print(f"summary{' (--quick: not figures)' if quick else ''}; load average before {load_before[0]:.2f}, "
-          f"after {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
+    print(
+        f"summary{' (--quick: not figures)' if quick else ''}; load average before {load_before[0]:.2f}, "
+        f"after {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs"
+    )
     print(f"{'measure':<40} {'figure':<52} {'target':<18} verdict")
     for name, value, target, ok in rows:
         print(f"{name:<40} {value:<52} {target:<18} {ok}")

@@ -8,8 +8,9 @@ f:close()
 
 local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "0") or 0
 if delay_ms > 0 then
+  -- Uniform jitter around the mean keeps connections from firing in lockstep bursts.
   function delay()
-    return delay_ms
+    return math.floor(delay_ms * (0.5 + math.random()) + 0.5)
   end
 end
 
