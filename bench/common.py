@@ -137,6 +137,10 @@ class Processes:
     def __init__(self, name: str) -> None:
         self.dir = RESULTS_DIR / name
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Metrics as deployed (Makefile, compose, systemd): multiprocess mode, a fresh directory.
+        self.metrics_dir = self.dir / "metrics"
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir()
         self.procs: list[Proc] = []
 
     def __enter__(self) -> Processes:
@@ -152,7 +156,7 @@ class Processes:
             popen = subprocess.Popen(
                 argv,
                 cwd=REPO_ROOT,
-                env=bench_env(**env),
+                env=bench_env(**{"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir), **env}),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
