@@ -51,7 +51,9 @@ down: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# Needs the load generator wrk (Debian: apt-get install -y wrk). About 7 minutes.
 bench: services
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install -y wrk"; exit 1; }
 	$(BIN)/python bench/run_all.py
 
 clean-data: down
