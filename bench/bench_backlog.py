@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_backlog.py [--events 1000000]
 
 The events are pushed straight into the bench queue (as the endpoint would
-have queued them), then the Procfile's worker (prefork, one child) and beat
+have queued them), then the Procfile's worker (one solo-pool process) and beat
 start; the clock runs from beat's start until the queue and the in-flight
 leases are empty, so beat's scheduling gaps between drain runs (each run
 stops after AB_DRAIN_BUDGET s) are included. Memory is the resident set of

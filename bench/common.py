@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from server.embedded import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, free_port  # noqa: E402
-from tests.faults.harness import Proc, wait_for  # noqa: E402
+from tests.faults.harness import Proc, celery_worker_argv, wait_for  # noqa: E402
 
 PYTHON = sys.executable
 RESULTS_DIR = REPO_ROOT / "bench" / "results"  # git-ignored: logs of the processes
@@ -191,26 +191,8 @@ class Processes:
         return f"127.0.0.1:{port}"
 
     def worker(self, name: str = "worker", **env: str) -> Proc:
-        """The Procfile's worker: prefork, one child (the drain runs in the child)."""
-        proc = self.spawn(
-            name,
-            [
-                PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "celery_app",
-                "worker",
-                "--concurrency=1",
-                "-l",
-                "info",
-                "--without-gossip",
-                "--without-mingle",
-                "-n",
-                f"{name}@%h",
-            ],
-            **{"LOG_LEVEL": "INFO", **env},
-        )
+        """The Procfile's worker (one solo-pool process)."""
+        proc = self.spawn(name, celery_worker_argv(f"{name}@%h"), **{"LOG_LEVEL": "INFO", **env})
         wait_for(lambda: " ready." in proc.output() or _dead(proc), 60, f"worker {name}")
         return proc
 

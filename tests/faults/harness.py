@@ -155,6 +155,26 @@ def build_pg_template(root: Path) -> Path:
 # --- the stack ------------------------------------------------------------------
 
 
+def celery_worker_argv(node: str) -> list[str]:
+    """The Procfile's worker: one solo-pool process, so the drain runs in this very pid."""
+    return [
+        PYTHON,
+        "-m",
+        "celery",
+        "-A",
+        "celery_app",
+        "worker",
+        "--pool=solo",
+        "-l",
+        "info",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        node,
+    ]
+
+
 class Stack:
     """PostgreSQL + Redis + gunicorn + workers of one scenario, all in ``root``."""
 
@@ -233,26 +253,7 @@ class Stack:
 
     def start_worker(self, name: str = "worker", **env: str) -> Proc:
         """A real Celery worker (solo pool: the drain runs in this very pid, so kill -9 hits it)."""
-        proc = self.spawn(
-            name,
-            [
-                PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "celery_app",
-                "worker",
-                "--pool=solo",
-                "-l",
-                "info",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-n",
-                f"{name}-{uuid.uuid4().hex[:6]}@%h",
-            ],
-            **env,
-        )
+        proc = self.spawn(name, celery_worker_argv(f"{name}-{uuid.uuid4().hex[:6]}@%h"), **env)
 
         def ready() -> bool:
             if not proc.alive():
