@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from server.embedded import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, free_port  # noqa: E402
-from tests.faults.harness import Proc, celery_worker_argv, wait_for  # noqa: E402
+from tests.faults.harness import Proc, celery_worker_argv, spawn_logged, wait_for  # noqa: E402
 
 PYTHON = sys.executable
 RESULTS_DIR = REPO_ROOT / "bench" / "results"  # git-ignored: logs of the processes
@@ -152,17 +152,7 @@ class Processes:
 
     def spawn(self, name: str, argv: list[str], **env: str) -> Proc:
         log = self.dir / f"{name}.log"
-        with open(log, "wb") as out:
-            popen = subprocess.Popen(
-                argv,
-                cwd=REPO_ROOT,
-                env=bench_env(**{"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir), **env}),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc = Proc(name, popen, log)
+        proc = spawn_logged(name, argv, log, bench_env(**{"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir), **env}))
         self.procs.append(proc)
         return proc
 

@@ -155,6 +155,21 @@ def build_pg_template(root: Path) -> Path:
 # --- the stack ------------------------------------------------------------------
 
 
+def spawn_logged(name: str, argv: list[str], log: Path, env: dict[str, str]) -> Proc:
+    """Start a process of the stack in its own session (signals go to it alone), output to ``log``."""
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Proc(name, popen, log)
+
+
 def celery_worker_argv(node: str) -> list[str]:
     """The Procfile's worker: one solo-pool process, so the drain runs in this very pid."""
     return [
@@ -211,17 +226,7 @@ class Stack:
 
     def spawn(self, name: str, argv: list[str], **env: str) -> Proc:
         log = self.root / f"{name}-{next(self._counter)}.log"
-        with open(log, "wb") as out:
-            popen = subprocess.Popen(
-                argv,
-                cwd=REPO_ROOT,
-                env=self.env(**env),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc = Proc(name, popen, log)
+        proc = spawn_logged(name, argv, log, self.env(**env))
         self.procs.append(proc)
         return proc
 
