@@ -1,7 +1,7 @@
 """Simulated experiments: the verdict's error rates, using the report's own decision rule.
 
 Counts are drawn with numpy (no database); each experiment goes through the
-same ``stats`` calls ``report.assemble`` makes, so these rates are the
+same ``stats.analyse_primary`` the report calls, so these rates are the
 verdict's, not a textbook's.
 """
 
@@ -25,16 +25,15 @@ def _verdicts(rng: np.random.Generator, p_fast: float, p_deep: float, *, sequent
     x_deep = rng.binomial(n_deep, p_deep)
     verdicts: Counter[str] = Counter()
     for na, xa, nb, xb in zip(n_fast.tolist(), x_fast.tolist(), n_deep.tolist(), x_deep.tolist(), strict=True):
-        assigned, completed = {"fast": na, "deep": nb}, {"fast": xa, "deep": xb}
-        decision = stats.decide(
+        analysis = stats.analyse_primary(
+            {"fast": na, "deep": nb},
+            {"fast": xa, "deep": xb},
             control="fast",
             treatment="deep",
-            primary=stats.compare_proportions(xa, na, xb, nb),
-            srm=stats.sample_ratio_mismatch(assigned, SPLIT),
-            gate=stats.sample_gate(assigned, completed),
+            split=SPLIT,
             sequential=sequential,
         )
-        verdicts[decision.verdict] += 1
+        verdicts[analysis.decision.verdict] += 1
     return verdicts
 
 

@@ -232,15 +232,14 @@ def test_sample_gate(assigned: dict[str, int], completed: dict[str, int], ok: bo
 
 
 def _decide(x_a: int, n_a: int, x_b: int, n_b: int, *, sequential: bool = False, split=SPLIT) -> stats.Decision:
-    assigned, completed = {"fast": n_a, "deep": n_b}, {"fast": x_a, "deep": x_b}
-    return stats.decide(
+    return stats.analyse_primary(
+        {"fast": n_a, "deep": n_b},
+        {"fast": x_a, "deep": x_b},
         control="fast",
         treatment="deep",
-        primary=stats.compare_proportions(x_a, n_a, x_b, n_b),
-        srm=stats.sample_ratio_mismatch(assigned, split),
-        gate=stats.sample_gate(assigned, completed),
+        split=split,
         sequential=sequential,
-    )
+    ).decision
 
 
 def test_verdict_deep_wins() -> None:

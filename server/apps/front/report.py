@@ -360,14 +360,10 @@ def assemble(
     assigned = {v: totals[v]["sessions"] for v in VARIANT_NAMES}
     completed = {v: totals[v]["completed"] for v in VARIANT_NAMES}
 
-    primary = stats.compare_proportions(
-        completed[CONTROL], assigned[CONTROL], completed[TREATMENT], assigned[TREATMENT], confidence=confidence
+    analysis = stats.analyse_primary(
+        assigned, completed, control=CONTROL, treatment=TREATMENT, split=split, alpha=alpha, sequential=sequential
     )
-    srm = stats.sample_ratio_mismatch(assigned, split)
-    gate = stats.sample_gate(assigned, completed)
-    decision = stats.decide(
-        control=CONTROL, treatment=TREATMENT, primary=primary, srm=srm, gate=gate, alpha=alpha, sequential=sequential
-    )
+    primary, srm, gate, decision = analysis.primary, analysis.srm, analysis.gate, analysis.decision
     secondary, welch = _secondary(totals, time_stats, confidence, alpha)
 
     report = {

@@ -465,3 +465,36 @@ def decide(
     winner = treatment if primary.diff > 0 else control
     reasons.append(f"{winner} completes onboarding more often, and the difference is statistically significant.")
     return Decision(f"{winner} wins", reasons)
+
+
+@dataclass(frozen=True)
+class PrimaryAnalysis:
+    """The primary metric's comparison, the two validity checks and the verdict they give."""
+
+    primary: ProportionComparison
+    srm: SRMResult
+    gate: SampleGate
+    decision: Decision
+
+
+def analyse_primary(
+    assigned: Mapping[str, int],
+    completed: Mapping[str, int],
+    *,
+    control: str,
+    treatment: str,
+    split: Mapping[str, float],
+    alpha: float = DEFAULT_ALPHA,
+    sequential: bool = False,
+) -> PrimaryAnalysis:
+    """Completion counts per variant to a verdict: the one decision rule the report
+    and the simulations share."""
+    primary = compare_proportions(
+        completed[control], assigned[control], completed[treatment], assigned[treatment], confidence=1 - alpha
+    )
+    srm = sample_ratio_mismatch(assigned, split)
+    gate = sample_gate(assigned, completed)
+    decision = decide(
+        control=control, treatment=treatment, primary=primary, srm=srm, gate=gate, alpha=alpha, sequential=sequential
+    )
+    return PrimaryAnalysis(primary, srm, gate, decision)
