@@ -24,7 +24,7 @@ venv: $(VENV)/.installed
 services: venv
 	@mkdir -p .data
 	@if [ -z "$$DATABASE_URL" ] || [ -z "$$REDIS_URL" ]; then \
-		$(BIN)/python -m server.embedded up; \
+		$(BIN)/python -m devtools.embedded up; \
 	else \
 		echo "using DATABASE_URL and REDIS_URL from the environment"; \
 	fi
@@ -46,7 +46,7 @@ test: services
 
 # Stop the embedded servers (data stays in .data/).
 down: venv
-	$(BIN)/python -m server.embedded down
+	$(BIN)/python -m devtools.embedded down
 
 lint: venv
 	$(BIN)/ruff check .

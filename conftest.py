@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from server.apps.front import queue
+from server.apps.front.pipeline import queue
 
 
 @pytest.fixture(autouse=True)

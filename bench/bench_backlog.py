@@ -30,7 +30,7 @@ CHUNK = 10_000
 
 def push_backlog(n: int) -> None:
     """Encode and push in chunks, so this process never holds the whole backlog."""
-    from server.apps.front import queue
+    from server.apps.front.pipeline import queue
 
     received_at = datetime.now(UTC)
     for start in range(0, n, CHUNK):
@@ -76,7 +76,7 @@ def main() -> None:
     setup_django()
     from django.conf import settings
 
-    from server.apps.front import queue
+    from server.apps.front.pipeline import queue
 
     reset()
     started = time.perf_counter()

@@ -132,7 +132,7 @@ def main() -> int:
     parser.add_argument("--batch-events", type=int, default=20000, help="events per batch mode per round")
     args = parser.parse_args()
 
-    from server.embedded import ensure_services, free_port
+    from devtools.embedded import ensure_services, free_port
 
     env = dict(os.environ)
     if not (env.get("DATABASE_URL") and env.get("REDIS_URL")):
@@ -156,7 +156,7 @@ def main() -> int:
     import django
 
     django.setup()
-    from server.apps.front import queue
+    from server.apps.front.pipeline import queue
 
     modes = [
         Mode("single event / request", 1, args.single_requests),

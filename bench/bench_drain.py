@@ -27,7 +27,7 @@ def build_items(n: int) -> list[bytes]:
     from datetime import UTC, datetime
 
     from bench.common import event_body
-    from server.apps.front import queue
+    from server.apps.front.pipeline import queue
 
     received_at = datetime.now(UTC)
     items = []
@@ -39,14 +39,14 @@ def build_items(n: int) -> list[bytes]:
 
 
 def push_all(items: list[bytes]) -> None:
-    from server.apps.front import queue
+    from server.apps.front.pipeline import queue
 
     for start in range(0, len(items), 10_000):
         queue.push(items[start : start + 10_000])
 
 
 def time_drain(items: list[bytes], batch_size: int) -> float:
-    from server.apps.front import writer
+    from server.apps.front.pipeline import writer
 
     reset()
     push_all(items)
@@ -61,8 +61,8 @@ def time_drain(items: list[bytes], batch_size: int) -> float:
 def time_raw(items: list[bytes], batch_size: int) -> float:
     from django.db import transaction
 
-    from server.apps.front import queue, writer
     from server.apps.front.models import ABEvent
+    from server.apps.front.pipeline import queue, writer
 
     reset()
     rows = [writer.event_from_payload(queue.decode_event(item)) for item in items]

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.embedded import DEFAULT_DATABASE_URL
+from devtools.embedded import DEFAULT_DATABASE_URL
 
 if "BENCH_DATABASE_URL" not in os.environ:
     # Not abflow_bench: the other benchmarks truncate that one between runs.
@@ -149,7 +149,7 @@ def main() -> None:
 
     ensure_database()
     setup_django()
-    from server.apps.front.report import build_report, fetch_aggregates, parse_moment
+    from server.apps.front.report.build import build_report, fetch_aggregates, parse_moment
 
     if args.regenerate or stored_events() != args.events:
         generate(args.events)

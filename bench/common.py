@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from server.embedded import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, free_port  # noqa: E402
+from devtools.embedded import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, free_port  # noqa: E402
 from tests.faults.harness import Proc, celery_worker_argv, spawn_logged, wait_for  # noqa: E402
 
 PYTHON = sys.executable

@@ -36,6 +36,6 @@ preload_app = os.environ.get("GUNICORN_PRELOAD", "1") == "1"
 def child_exit(server, worker):
     """Prometheus multiprocess mode: a dead worker's live gauges must not linger."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from server.apps.front.metrics import mark_process_dead
+        from server.apps.front.ops.metrics import mark_process_dead
 
         mark_process_dead(worker.pid)

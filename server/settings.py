@@ -14,7 +14,7 @@ import dj_database_url
 from corsheaders.defaults import default_headers as default_cors_headers
 from django.core.exceptions import ImproperlyConfigured
 
-from server.embedded import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+from devtools.embedded import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -101,13 +101,13 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # First, so the ingest latency histogram covers every layer below it.
-    "server.apps.front.metrics.IngestLatencyMiddleware",
+    "server.apps.front.ops.metrics.IngestLatencyMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves collected static files (abtrack.js, admin) from gunicorn, no nginx needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Inflates gzip bodies and enforces the body caps (413) before any view reads them.
-    "server.apps.front.middleware.IngestBodyMiddleware",
+    "server.apps.front.ingest.middleware.IngestBodyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -190,10 +190,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "server.apps.front.parsers.ABEventJSONParser",
-        "server.apps.front.parsers.PlainTextJSONParser",
+        "server.apps.front.ingest.parsers.ABEventJSONParser",
+        "server.apps.front.ingest.parsers.PlainTextJSONParser",
     ],
-    "EXCEPTION_HANDLER": "server.apps.front.views.envelope_exception_handler",
+    "EXCEPTION_HANDLER": "server.apps.front.ingest.views.envelope_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Reverse proxies in front of gunicorn whose X-Forwarded-For is trusted for

@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from server.apps.front import ops_views, report_views
+from server.apps.front.ops import views as ops_views
+from server.apps.front.report import views as report_views
 
 urlpatterns = [
     path("api/rest/front/", include("server.apps.front.urls")),

@@ -9,7 +9,7 @@ from celery.signals import worker_shutting_down
 from django.conf import settings
 
 from celery_app import app
-from server.apps.front import writer
+from server.apps.front.pipeline import writer
 
 log = logging.getLogger("abflow.drain")
 

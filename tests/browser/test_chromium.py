@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from django.db import connections
 
-from server.apps.front import queue
 from server.apps.front.models import ABEvent
-from server.apps.front.writer import drain
-from tests.chromium import BROWSER_TEST_MARKS, launch
+from server.apps.front.pipeline import queue
+from server.apps.front.pipeline.writer import drain
+from tests.browser.chromium import BROWSER_TEST_MARKS, launch
 
 pytestmark = BROWSER_TEST_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")

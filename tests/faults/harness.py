@@ -1,6 +1,6 @@
 """The fault-suite harness: a whole abflow stack in a temp dir, load, and counting.
 
-One ``Stack`` is a private PostgreSQL and Redis (``server.embedded``, on free
+One ``Stack`` is a private PostgreSQL and Redis (``devtools.embedded``, on free
 ports, so a scenario may stop or SIGKILL them), a gunicorn serving the real
 endpoint with ``deploy/gunicorn.conf.py``, and real Celery worker / beat /
 ``manage.py ab_flush`` *processes* talking to them through the ordinary
@@ -43,7 +43,7 @@ from typing import Any
 import psycopg2
 import redis
 
-from server.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -301,7 +301,7 @@ class Stack:
     # -- Redis side --
 
     def keys(self) -> Any:
-        from server.apps.front.queue import Keys
+        from server.apps.front.pipeline.queue import Keys
 
         return Keys(QUEUE_PREFIX)
 
@@ -322,7 +322,7 @@ class Stack:
         """Push queue items straight into this stack's Redis with the app's own protocol."""
         from django.test import override_settings
 
-        from server.apps.front import queue
+        from server.apps.front.pipeline import queue
 
         with override_settings(AB_QUEUE_KEY_PREFIX=QUEUE_PREFIX):
             for start in range(0, len(items), 5000):
@@ -384,7 +384,7 @@ def event_body(key: str, seq: int) -> dict[str, Any]:
 
 def queue_item(key: str, seq: int, **override: Any) -> bytes:
     """An event as the endpoint would have queued it (for backlogs pushed directly)."""
-    from server.apps.front.queue import encode_event
+    from server.apps.front.pipeline.queue import encode_event
 
     body = event_body(key, seq)
     body["event_id"] = uuid.UUID(body["event_id"]) if "event_id" in body else uuid.uuid4()

@@ -11,7 +11,7 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.apps.front import queue
+from server.apps.front.pipeline import queue
 
 
 def make_item(*, age_seconds: float = 0.0, **overrides: object) -> bytes:

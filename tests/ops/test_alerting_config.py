@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.apps.front import queue, writer
+from server.apps.front.pipeline import queue, writer
 
 from .conftest import make_item, scrape
 

@@ -12,9 +12,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from server.apps.front import queue, writer
 from server.apps.front.management.commands.ab_prune import parse_age
 from server.apps.front.models import ABEvent
+from server.apps.front.pipeline import queue, writer
 
 from .conftest import make_item
 
@@ -82,7 +82,7 @@ def test_ab_queue_shows_the_age_of_the_oldest_queued_event():
 
 
 def test_ab_queue_fails_clearly_when_redis_is_down(settings):
-    from server.embedded import free_port
+    from devtools.embedded import free_port
 
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(CommandError, match="Redis unavailable"):

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from django.db import connections
 
-from server.embedded import free_port
+from devtools.embedded import free_port
 
 
 @contextlib.contextmanager

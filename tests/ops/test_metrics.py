@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from server.apps.front import metrics, queue, writer
-from server.embedded import free_port
+from devtools.embedded import free_port
+from server.apps.front.ops import metrics
+from server.apps.front.pipeline import queue, writer
 
 from .conftest import make_item, scrape
 
@@ -133,7 +134,7 @@ MULTIPROCESS_SCRIPT = """
 import multiprocessing, os, sys
 import django
 django.setup()
-from server.apps.front import metrics
+from server.apps.front.ops import metrics
 
 def work(n):
     metrics.EVENTS_STORED.inc(n)

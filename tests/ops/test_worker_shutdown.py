@@ -24,8 +24,8 @@ from django.conf import settings
 from django.db import connection
 
 from celery_app import app
-from server.apps.front import queue, writer
 from server.apps.front.models import ABEvent
+from server.apps.front.pipeline import queue, writer
 
 from .conftest import make_item
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from server.apps.front import analytics
 from server.apps.front.models import ABEvent
-from server.apps.front.report import build_report, parse_moment, parse_split
+from server.apps.front.report import analytics
+from server.apps.front.report.build import build_report, parse_moment, parse_split
 
 from .factories import T0, bulk_sessions, ev, full_session
 

@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from server.apps.front import stats
+from server.apps.front.report import stats
 
 SPLIT = {"fast": 0.5, "deep": 0.5}
 EXPERIMENTS = 2000

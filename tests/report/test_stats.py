@@ -9,7 +9,7 @@ import pytest
 from scipy import integrate, special
 from scipy import stats as sps
 
-from server.apps.front import stats
+from server.apps.front.report import stats
 
 SPLIT = {"fast": 0.5, "deep": 0.5}
 

@@ -1,7 +1,7 @@
 from django.urls import path
 
-from .report_views import ABReportView
-from .views import track_ab_event, track_ab_events
+from server.apps.front.ingest.views import track_ab_event, track_ab_events
+from server.apps.front.report.views import ABReportView
 
 urlpatterns = [
     path("ab-event/", track_ab_event, name="ab-event"),

@@ -6,8 +6,9 @@ from django.contrib.auth import get_user_model
 from django.test import TestCase
 from rest_framework.test import APIClient
 
+from server.apps.front.pipeline.writer import drain
+
 from ..models import ABEvent
-from ..writer import drain
 
 User = get_user_model()
 

@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from server.apps.front import queue
+from server.apps.front.pipeline import queue
 
 
 class Command(BaseCommand):

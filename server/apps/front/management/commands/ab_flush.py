@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from server.apps.front import writer
+from server.apps.front.pipeline import writer
 
 
 class Command(BaseCommand):

@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from django.core.management.base import BaseCommand, CommandError
 
-from server.apps.front import queue
+from server.apps.front.pipeline import queue
 
 
 def snapshot() -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from server.apps.front.report import build_report, parse_moment, parse_split
+from server.apps.front.report.build import build_report, parse_moment, parse_split
 
 
 def _pct(value: float | None) -> str:

@@ -25,9 +25,9 @@ from typing import Any
 import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from server.apps.front import queue, writer
-from server.apps.front.report import configured_split, parse_split
-from server.apps.front.serializers import ABEventSerializer, enqueue
+from server.apps.front.ingest.serializers import ABEventSerializer, enqueue
+from server.apps.front.pipeline import queue, writer
+from server.apps.front.report.build import configured_split, parse_split
 
 STEP_MEDIAN_MS = {"fast": [8_000, 12_000, 6_000], "deep": [15_000, 25_000, 20_000, 30_000, 18_000, 10_000]}
 STEP_SIGMA = 0.5

@@ -21,9 +21,9 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import serializers
 
-from . import queue
-from .clocks import ClientTimestampField, corrected_time
-from .models import ABEvent
+from server.apps.front.ingest.clocks import ClientTimestampField, corrected_time
+from server.apps.front.models import ABEvent
+from server.apps.front.pipeline import queue
 
 VALID_EVENT_TYPES = [name for name, _ in ABEvent.EVENT_TYPES]
 

@@ -7,12 +7,11 @@ import uuid
 import pytest
 from django.contrib.auth import get_user_model
 
-from server.apps.front import queue
+from devtools.embedded import free_port
 from server.apps.front.models import ABEvent
-from server.apps.front.writer import drain
-from server.embedded import free_port
-
-from .conftest import BATCH_URL, SINGLE_URL, event, post
+from server.apps.front.pipeline import queue
+from server.apps.front.pipeline.writer import drain
+from tests.ingest.conftest import BATCH_URL, SINGLE_URL, event, post
 
 pytestmark = pytest.mark.django_db
 

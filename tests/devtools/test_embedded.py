@@ -23,8 +23,8 @@ import psycopg2
 import pytest
 import redis
 
-from server import embedded
-from server.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from devtools import embedded
+from devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.embedded
 
@@ -260,7 +260,7 @@ def test_ensure_services_concurrent_and_stop(tmp_path: Path, monkeypatch: pytest
 
 def test_cli_status_when_stopped(tmp_path: Path) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "server.embedded", "status", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "devtools.embedded", "status", "--data-dir", str(tmp_path)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -11,11 +11,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
-from server.apps.front import queue
 from server.apps.front.models import ABEvent
-from server.apps.front.writer import drain
-
-from .conftest import ALLOWED_ORIGIN, BATCH_URL, SINGLE_URL, event, post
+from server.apps.front.pipeline import queue
+from server.apps.front.pipeline.writer import drain
+from tests.ingest.conftest import ALLOWED_ORIGIN, BATCH_URL, SINGLE_URL, event, post
 
 pytestmark = pytest.mark.django_db
 

@@ -30,8 +30,9 @@ from django.db import DatabaseError, DataError, IntegrityError, connection, tran
 from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
 
-from . import metrics, queue
-from .models import ABEvent
+from server.apps.front.models import ABEvent
+from server.apps.front.ops import metrics
+from server.apps.front.pipeline import queue
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,10 @@ import orjson
 import pytest
 from django.utils import timezone
 
-from server.apps.front import queue
 from server.apps.front.models import ABEvent
-from server.apps.front.writer import drain
-
-from .conftest import BATCH_URL, SINGLE_URL, event, post
+from server.apps.front.pipeline import queue
+from server.apps.front.pipeline.writer import drain
+from tests.ingest.conftest import BATCH_URL, SINGLE_URL, event, post
 
 pytestmark = pytest.mark.django_db
 

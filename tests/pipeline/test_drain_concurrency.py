@@ -15,10 +15,9 @@ from collections import Counter
 import pytest
 from django.db import connection
 
-from server.apps.front import queue, writer
 from server.apps.front.models import ABEvent
-
-from .conftest import make_item
+from server.apps.front.pipeline import queue, writer
+from tests.ops.conftest import make_item
 
 EVENTS = 6000
 DRAINS = 4

@@ -26,7 +26,7 @@ from typing import Any
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
-from . import queue
+from server.apps.front.pipeline import queue
 
 
 def parse_client_time(value: Any) -> datetime:

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 import pytest
 from rest_framework.test import APIClient
 
-from server.apps.front import queue, writer
+from server.apps.front.ingest.serializers import ABEventSerializer
 from server.apps.front.models import ABEvent
-from server.apps.front.serializers import ABEventSerializer
+from server.apps.front.pipeline import queue, writer
 
 URL = "/api/rest/front/ab-event/"
 

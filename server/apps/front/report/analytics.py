@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .report import build_report
+from server.apps.front.report.build import build_report
 
 
 def _pct(value: float | None) -> float | None:

@@ -17,8 +17,8 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from rest_framework import serializers
 
-from .clocks import ClientTimestampField
-from .serializers import ABEventSerializer, enqueue
+from server.apps.front.ingest.clocks import ClientTimestampField
+from server.apps.front.ingest.serializers import ABEventSerializer, enqueue
 
 
 class BatchSerializer(serializers.Serializer):

@@ -39,8 +39,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils.dateparse import parse_date, parse_datetime
 
-from . import stats
-from .models import VARIANT_NAMES
+from server.apps.front.models import VARIANT_NAMES
+from server.apps.front.report import stats
 
 CONTROL = "fast"
 TREATMENT = "deep"

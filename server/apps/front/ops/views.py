@@ -16,7 +16,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from . import metrics, queue
+from server.apps.front.ops import metrics
+from server.apps.front.pipeline import queue
 
 log = logging.getLogger("abflow.health")
 

@@ -6,10 +6,9 @@ import random
 
 import pytest
 
-from server.apps.front import queue
-from server.embedded import free_port
-
-from .conftest import BATCH_URL, SINGLE_URL, event, post
+from devtools.embedded import free_port
+from server.apps.front.pipeline import queue
+from tests.ingest.conftest import BATCH_URL, SINGLE_URL, event, post
 
 pytestmark = pytest.mark.django_db
 

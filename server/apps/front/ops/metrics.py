@@ -46,7 +46,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from . import queue
+from server.apps.front.pipeline import queue
 
 log = logging.getLogger("abflow.metrics")
 

@@ -16,9 +16,8 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from server.apps.front.models import ABEvent
-from tests.chromium import BROWSER_TEST_MARKS, launch
-
-from .factories import bulk_sessions, ev
+from tests.browser.chromium import BROWSER_TEST_MARKS, launch
+from tests.report.factories import bulk_sessions, ev
 
 pytestmark = BROWSER_TEST_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")

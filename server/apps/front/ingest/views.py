@@ -14,10 +14,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from . import metrics, queue
-from .batch import BatchSerializer, ingest_batch, sent_at_of
-from .serializers import ABEventSerializer, enqueue
-from .throttling import IngestRateThrottle
+from server.apps.front.ingest.serializers import ABEventSerializer, enqueue
+from server.apps.front.ingest.service import BatchSerializer, ingest_batch, sent_at_of
+from server.apps.front.ingest.throttling import IngestRateThrottle
+from server.apps.front.ops import metrics
+from server.apps.front.pipeline import queue
 
 
 class QueueUnavailable(exceptions.APIException):

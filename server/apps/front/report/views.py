@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .report import build_report, options_from_query
+from server.apps.front.report.build import build_report, options_from_query
 
 COLORS = {"fast": "#1f77b4", "deep": "#ff7f0e"}
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}

@@ -18,10 +18,10 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from server.apps.front import queue
+from devtools.embedded import free_port
 from server.apps.front.models import ABEvent
-from server.apps.front.writer import drain
-from server.embedded import free_port
+from server.apps.front.pipeline import queue
+from server.apps.front.pipeline.writer import drain
 
 URL = "/api/rest/front/ab-event/"
 pytestmark = pytest.mark.django_db

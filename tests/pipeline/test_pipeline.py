@@ -15,9 +15,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
-from server.apps.front import queue, writer
+from devtools.embedded import free_port
 from server.apps.front.models import ABEvent
-from server.embedded import free_port
+from server.apps.front.pipeline import queue, writer
 
 pytestmark = pytest.mark.django_db
 

@@ -23,9 +23,9 @@ running as root), so it can run before settings exist.
 
 CLI::
 
-    python -m server.embedded up       # start both, print DATABASE_URL=/REDIS_URL=
-    python -m server.embedded down     # stop both
-    python -m server.embedded status   # exit 0 iff both are running
+    python -m devtools.embedded up       # start both, print DATABASE_URL=/REDIS_URL=
+    python -m devtools.embedded down     # stop both
+    python -m devtools.embedded status   # exit 0 iff both are running
 """
 
 from __future__ import annotations
@@ -757,7 +757,7 @@ def stop_services(data_dir: Path = DEFAULT_DATA_DIR) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.embedded", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.embedded", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument(
         "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"state directory (default: {DEFAULT_DATA_DIR})"
