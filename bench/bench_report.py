@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devtools.embedded import DEFAULT_DATABASE_URL
+from server.defaults import DEFAULT_DATABASE_URL
 
 if "BENCH_DATABASE_URL" not in os.environ:
     # Not abflow_bench: the other benchmarks truncate that one between runs.

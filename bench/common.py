@@ -34,8 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from devtools.embedded import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, free_port  # noqa: E402
-from tests.faults.harness import Proc, celery_worker_argv, spawn_logged, wait_for  # noqa: E402
+from devtools.embedded import free_port  # noqa: E402
+from devtools.processes import Proc, celery_worker_argv, spawn_logged, wait_for  # noqa: E402
+from server.defaults import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL  # noqa: E402
 
 PYTHON = sys.executable
 RESULTS_DIR = REPO_ROOT / "bench" / "results"  # git-ignored: logs of the processes

@@ -50,14 +50,10 @@ from typing import Any
 
 import psutil
 
+from server.defaults import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Overridable for a machine where these ports are taken (or for running a
-# second checkout's `make run` beside the first).
-DEFAULT_PG_PORT = int(os.environ.get("ABFLOW_EMBEDDED_PG_PORT", "55432"))
-DEFAULT_REDIS_PORT = int(os.environ.get("ABFLOW_EMBEDDED_REDIS_PORT", "56379"))
-DEFAULT_DATABASE_URL = f"postgres://postgres@127.0.0.1:{DEFAULT_PG_PORT}/abflow"
-DEFAULT_REDIS_URL = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
 # Already listed in .gitignore; holds pg/ and redis/ sub-directories.
 DEFAULT_DATA_DIR = REPO_ROOT / ".data"
 

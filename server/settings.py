@@ -14,7 +14,7 @@ import dj_database_url
 from corsheaders.defaults import default_headers as default_cors_headers
 from django.core.exceptions import ImproperlyConfigured
 
-from devtools.embedded import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+from server.defaults import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -137,7 +137,7 @@ TEMPLATES = [
 # --- data stores --------------------------------------------------------------
 
 # With no DATABASE_URL / REDIS_URL the embedded servers that `make run` and
-# `make test` start (server/embedded.py) are used, so any `manage.py` command
+# `make test` start (devtools/embedded.py, ports in server/defaults.py) are used, so any `manage.py` command
 # run beside `make run` talks to the same data.
 DATABASE_URL = env_str("DATABASE_URL", DEFAULT_DATABASE_URL)
 DATABASES = {

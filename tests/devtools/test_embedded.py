@@ -28,7 +28,7 @@ from devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.embedded
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -276,7 +276,7 @@ def test_defaults_and_port_overrides() -> None:
     assert embedded.DEFAULT_DATA_DIR == REPO_ROOT / ".data"
     env = {**os.environ, "ABFLOW_EMBEDDED_PG_PORT": "55999", "ABFLOW_EMBEDDED_REDIS_PORT": "56999"}
     env.pop("DATABASE_URL", None)
-    code = "from server import embedded as e; print(e.DEFAULT_DATABASE_URL, e.DEFAULT_REDIS_URL)"
+    code = "from server import defaults as e; print(e.DEFAULT_DATABASE_URL, e.DEFAULT_REDIS_URL)"
     run = {"env": env, "cwd": REPO_ROOT, "capture_output": True, "text": True, "check": True}
     out = subprocess.run([sys.executable, "-c", code], **run)
     assert out.stdout.split() == ["postgres://postgres@127.0.0.1:55999/abflow", "redis://127.0.0.1:56999/0"]

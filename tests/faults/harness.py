@@ -27,14 +27,12 @@ import itertools
 import json
 import os
 import random
-import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,9 +42,8 @@ import psycopg2
 import redis
 
 from devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from devtools.processes import PYTHON, REPO_ROOT, Proc, celery_worker_argv, spawn_logged, wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PYTHON = sys.executable
 QUEUE_PREFIX = "ab"  # the settings default, used by every process of a stack
 
 # What every process of a stack gets besides the two URLs: small leases so
@@ -61,69 +58,6 @@ BASE_ENV = {
     "LOG_LEVEL": "INFO",
     "PYTHONUNBUFFERED": "1",
 }
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-# --- processes ------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    """A child process in its own session, its output in a log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stored_by_drains(self) -> int:
-        """Events this worker's drain runs reported stored (its JSON ``abflow.drain`` log lines)."""
-        total = 0
-        for line in self.output().splitlines():
-            if '"abflow.drain"' not in line:
-                continue
-            with contextlib.suppress(ValueError):
-                total += int(json.loads(line).get("stored", 0))
-        return total
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill9(self) -> None:
-        """SIGKILL the process itself (a crash: no cleanup, no ack)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        self.popen.wait(timeout=10)
-
-    def terminate(self) -> None:
-        """Kill the whole session (gunicorn's workers, celery's children) and reap."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)  # orphans left in the group
 
 
 # --- PostgreSQL template ---------------------------------------------------------
@@ -153,41 +87,6 @@ def build_pg_template(root: Path) -> Path:
 
 
 # --- the stack ------------------------------------------------------------------
-
-
-def spawn_logged(name: str, argv: list[str], log: Path, env: dict[str, str]) -> Proc:
-    """Start a process of the stack in its own session (signals go to it alone), output to ``log``."""
-    with open(log, "wb") as out:
-        popen = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Proc(name, popen, log)
-
-
-def celery_worker_argv(node: str) -> list[str]:
-    """The Procfile's worker: one solo-pool process, so the drain runs in this very pid."""
-    return [
-        PYTHON,
-        "-m",
-        "celery",
-        "-A",
-        "celery_app",
-        "worker",
-        "--pool=solo",
-        "-l",
-        "info",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "-n",
-        node,
-    ]
 
 
 class Stack:
