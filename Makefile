@@ -1,8 +1,9 @@
 # abflow — the two commands are `make run` and `make test`.
 #
-# Both create .venv from requirements.txt on first use. When DATABASE_URL /
+# Both create .venv from requirements-dev.txt (runtime + tests and tooling,
+# versions held by constraints.txt) on first use. When DATABASE_URL /
 # REDIS_URL are unset they start an embedded real PostgreSQL and Redis from
-# pip wheels (server/embedded.py, data under .data/) and use those.
+# pip wheels (devtools/embedded.py, data under .data/) and use those.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,10 +13,10 @@ ARGS   ?=
 
 .PHONY: run test venv services migrate down lint bench clean-data
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	@touch $@
 
 venv: $(VENV)/.installed
