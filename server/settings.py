@@ -275,7 +275,8 @@ AB_QUEUE_KEY_PREFIX = env_str("AB_QUEUE_KEY_PREFIX", "ab")
 # --- experiment report (docs/report.md) ------------------------------------------
 
 # The planned assignment split, for the sample-ratio-mismatch check.
-AB_EXPECTED_SPLIT = env_str("AB_EXPECTED_SPLIT", "fast=0.5,deep=0.5")
+# Empty: the experiment's own planned split (server/apps/front/experiment.py, DEFAULT_SPLIT).
+AB_EXPECTED_SPLIT = env_str("AB_EXPECTED_SPLIT", "")
 # Use the always-valid (sequential) interval for the verdict: for teams that look every day.
 AB_REPORT_SEQUENTIAL = env_bool("AB_REPORT_SEQUENTIAL", False)
 

@@ -8,10 +8,9 @@ from django.contrib.auth import get_user_model
 from django.db import models
 from django.utils import timezone
 
-User = get_user_model()
+from . import experiment
 
-VARIANTS = [("fast", "Fast"), ("deep", "Deep")]
-VARIANT_NAMES = [name for name, _ in VARIANTS]
+User = get_user_model()
 
 
 class ABEvent(models.Model):
@@ -19,13 +18,7 @@ class ABEvent(models.Model):
     Событие A/B теста для аналитики
     """
 
-    EVENT_TYPES = [
-        ("variant_assigned", "Вариант назначен"),
-        ("onboarding_started", "Онбординг начат"),
-        ("step_completed", "Шаг завершён"),
-        ("onboarding_completed", "Онбординг завершён"),
-        ("onboarding_abandoned", "Онбординг покинут"),
-    ]
+    EVENT_TYPES = experiment.EVENT_TYPES
 
     user = models.ForeignKey(
         User,
@@ -44,7 +37,7 @@ class ABEvent(models.Model):
 
     variant = models.CharField(
         max_length=20,
-        choices=VARIANTS,
+        choices=experiment.VARIANTS,
         db_index=True,
         help_text="Вариант онбординга",
     )

@@ -21,11 +21,12 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import serializers
 
+from server.apps.front.experiment import EVENT_TYPE_NAMES, VARIANT_NAMES
 from server.apps.front.ingest.clocks import ClientTimestampField, corrected_time
 from server.apps.front.models import ABEvent
 from server.apps.front.pipeline import queue
 
-VALID_EVENT_TYPES = [name for name, _ in ABEvent.EVENT_TYPES]
+VALID_EVENT_TYPES = EVENT_TYPE_NAMES
 
 # PostgreSQL's ``integer`` column: a wider value would fail at write time.
 INT32_MAX = 2**31 - 1
@@ -134,7 +135,7 @@ class ABEventSerializer(serializers.ModelSerializer):
 
     def validate_variant(self, value: str) -> str:
         """Валидация варианта"""
-        if value not in ["fast", "deep"]:
+        if value not in VARIANT_NAMES:
             raise serializers.ValidationError("Variant должен быть 'fast' или 'deep'")
         return value
 

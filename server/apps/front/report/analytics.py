@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from server.apps.front.experiment import CONTROL
 from server.apps.front.report.build import build_report
 
 
@@ -45,7 +46,7 @@ def get_completion_rates(since: datetime | None = None, until: datetime | None =
 
 
 def get_average_time_per_step(
-    variant: str = "fast", since: datetime | None = None, until: datetime | None = None
+    variant: str = CONTROL, since: datetime | None = None, until: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Per step: mean time (capped at the pooled P99), median and P90, in ms.
 
@@ -65,7 +66,7 @@ def get_average_time_per_step(
 
 
 def get_dropout_points(
-    variant: str = "fast", since: datetime | None = None, until: datetime | None = None
+    variant: str = CONTROL, since: datetime | None = None, until: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Sessions that sent ``onboarding_abandoned``, by step, most frequent first (pct = % of those sessions)."""
     report = build_report(since, until)

@@ -39,17 +39,14 @@ from django.conf import settings
 from django.db import connection
 from django.utils.dateparse import parse_date, parse_datetime
 
-from server.apps.front.models import VARIANT_NAMES
+from server.apps.front import experiment
+from server.apps.front.experiment import CONTROL, TREATMENT, VARIANT_NAMES, configured_split, parse_split
 from server.apps.front.report import stats
-
-CONTROL = "fast"
-TREATMENT = "deep"
-DEFAULT_SPLIT = "fast=0.5,deep=0.5"
 
 AGGREGATES_SQL = """
 WITH events AS (
     SELECT session_id, variant, event_type, step_number,
-        CASE WHEN event_type = 'step_completed' AND jsonb_typeof(metadata -> 'time_spent_ms') = 'number'
+        CASE WHEN event_type = %(ev_step)s AND jsonb_typeof(metadata -> 'time_spent_ms') = 'number'
              THEN (metadata ->> 'time_spent_ms')::double precision END AS ms
     FROM ab_events
     -- The event's own time where the client sent one (client_ts corrected to
@@ -64,14 +61,14 @@ sessions AS MATERIALIZED (
     SELECT
         session_id,
         count(*) AS events,
-        min(variant) FILTER (WHERE event_type = 'variant_assigned') AS variant,
+        min(variant) FILTER (WHERE event_type = %(ev_assigned)s) AS variant,
         min(variant) <> max(variant) AS contaminated,
-        bool_or(event_type = 'onboarding_started') AS started,
-        bool_or(event_type = 'onboarding_completed') AS completed,
-        bool_or(event_type = 'onboarding_abandoned') AS abandoned,
-        max(step_number) FILTER (WHERE event_type = 'onboarding_abandoned') AS abandoned_step,
-        min(step_number) FILTER (WHERE event_type = 'step_completed') AS min_step,
-        max(step_number) FILTER (WHERE event_type = 'step_completed') AS max_step,
+        bool_or(event_type = %(ev_started)s) AS started,
+        bool_or(event_type = %(ev_completed)s) AS completed,
+        bool_or(event_type = %(ev_abandoned)s) AS abandoned,
+        max(step_number) FILTER (WHERE event_type = %(ev_abandoned)s) AS abandoned_step,
+        min(step_number) FILTER (WHERE event_type = %(ev_step)s) AS min_step,
+        max(step_number) FILTER (WHERE event_type = %(ev_step)s) AS max_step,
         jsonb_object_agg(step_number, ms) FILTER (WHERE step_number IS NOT NULL AND ms >= 0) AS step_ms
     FROM events
     GROUP BY session_id
@@ -142,33 +139,6 @@ SELECT json_build_object(
 # --- options -----------------------------------------------------------------------
 
 
-def parse_split(raw: str | dict[str, float]) -> dict[str, float]:
-    """``"fast=0.5,deep=0.5"`` (or a dict) to normalised shares of every variant."""
-    if isinstance(raw, dict):
-        weights = {str(k): float(v) for k, v in raw.items()}
-    else:
-        weights = {}
-        for part in filter(None, (p.strip() for p in raw.split(","))):
-            name, sep, value = part.partition("=")
-            try:
-                weights[name.strip()] = float(value)
-            except ValueError:
-                raise ValueError(f"expected split part {part!r} is not name=weight") from None
-            if not sep:
-                raise ValueError(f"expected split part {part!r} is not name=weight")
-    if set(weights) != set(VARIANT_NAMES):
-        raise ValueError(f"expected split must give a weight to each of {VARIANT_NAMES}, got {sorted(weights)}")
-    if any(not math.isfinite(w) or w <= 0 for w in weights.values()):
-        raise ValueError(f"expected split weights must be positive, got {weights}")
-    total = sum(weights.values())
-    return {name: weights[name] / total for name in VARIANT_NAMES}
-
-
-def configured_split() -> dict[str, float]:
-    """The planned split from the ``AB_EXPECTED_SPLIT`` setting (default 50/50)."""
-    return parse_split(getattr(settings, "AB_EXPECTED_SPLIT", None) or DEFAULT_SPLIT)
-
-
 def parse_moment(raw: str | datetime | date | None, *, end: bool = False) -> datetime | None:
     """A ``since``/``until`` bound: ISO date or datetime (naive = UTC).
 
@@ -218,11 +188,20 @@ def options_from_query(query: Mapping[str, str]) -> dict[str, Any]:
 
 # --- database ----------------------------------------------------------------------
 
+# The funnel's event types, from the experiment (psycopg2 quotes them into the statement client-side).
+_EVENT_PARAMS = {
+    "ev_assigned": experiment.VARIANT_ASSIGNED,
+    "ev_started": experiment.ONBOARDING_STARTED,
+    "ev_step": experiment.STEP_COMPLETED,
+    "ev_completed": experiment.ONBOARDING_COMPLETED,
+    "ev_abandoned": experiment.ONBOARDING_ABANDONED,
+}
+
 
 def fetch_aggregates(since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
     """Run ``AGGREGATES_SQL``: session-level counts and time summaries as one JSON document."""
     with connection.cursor() as cursor:
-        cursor.execute(AGGREGATES_SQL, {"since": since, "until": until})
+        cursor.execute(AGGREGATES_SQL, {"since": since, "until": until, **_EVENT_PARAMS})
         (document,) = cursor.fetchone()
     # psycopg decodes ``json`` columns itself; a plain string means a driver that does not.
     return document if isinstance(document, dict) else json.loads(document)

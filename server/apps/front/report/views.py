@@ -23,9 +23,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from server.apps.front.experiment import COLORS
 from server.apps.front.report.build import build_report, options_from_query
 
-COLORS = {"fast": "#1f77b4", "deep": "#ff7f0e"}
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 

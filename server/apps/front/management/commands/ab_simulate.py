@@ -25,15 +25,20 @@ from typing import Any
 import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from server.apps.front import experiment
+from server.apps.front.experiment import (
+    CATEGORIES,
+    OUTLIER_RATE,
+    START_RATE,
+    STEP_MEDIAN_MS,
+    STEP_SIGMA,
+    TREATMENT,
+    VARIANT_NAMES,
+    configured_split,
+    parse_split,
+)
 from server.apps.front.ingest.serializers import ABEventSerializer, enqueue
 from server.apps.front.pipeline import queue, writer
-from server.apps.front.report.build import configured_split, parse_split
-
-STEP_MEDIAN_MS = {"fast": [8_000, 12_000, 6_000], "deep": [15_000, 25_000, 20_000, 30_000, 18_000, 10_000]}
-STEP_SIGMA = 0.5
-OUTLIER_RATE = 0.01
-START_RATE = 0.9
-CATEGORIES = ["health", "fitness", "sleep", "nutrition", "mindfulness"]
 
 
 @dataclass(frozen=True)
@@ -47,15 +52,15 @@ class Plan:
     abandon_report_rate: float
 
     def completion(self, variant: str) -> float:
-        return self.fast_completion + (self.deep_lift if variant == "deep" else 0.0)
+        return self.fast_completion + (self.deep_lift if variant == TREATMENT else 0.0)
 
 
 @dataclass
 class Tally:
     """What was generated, to compare with what the report finds (per variant: clean sessions only)."""
 
-    sessions: dict[str, int] = field(default_factory=lambda: {"fast": 0, "deep": 0})
-    completed: dict[str, int] = field(default_factory=lambda: {"fast": 0, "deep": 0})
+    sessions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VARIANT_NAMES, 0))
+    completed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VARIANT_NAMES, 0))
     contaminated: int = 0
     events: int = 0
     duplicates: int = 0
@@ -75,17 +80,17 @@ def session_events(plan: Plan, rng: random.Random, tally: Tally) -> list[dict[st
     medians = STEP_MEDIAN_MS[variant]
     # Per-step continuation chosen so that P(complete) = START_RATE * q**steps.
     q = (plan.completion(variant) / START_RATE) ** (1 / len(medians))
-    events: list[dict[str, Any]] = [{"event_type": "variant_assigned", "metadata": {}}]
+    events: list[dict[str, Any]] = [{"event_type": experiment.VARIANT_ASSIGNED, "metadata": {}}]
     completed = False
     if rng.random() < START_RATE:
-        events.append({"event_type": "onboarding_started", "metadata": {}})
+        events.append({"event_type": experiment.ONBOARDING_STARTED, "metadata": {}})
         for step, median in enumerate(medians, start=1):
             if rng.random() >= q:
                 if rng.random() < plan.abandon_report_rate:
                     partial = _step_time(rng, median) // 2
                     events.append(
                         {
-                            "event_type": "onboarding_abandoned",
+                            "event_type": experiment.ONBOARDING_ABANDONED,
                             "step_number": step,
                             "metadata": {"time_spent_ms": partial},
                         }
@@ -94,11 +99,12 @@ def session_events(plan: Plan, rng: random.Random, tally: Tally) -> list[dict[st
             metadata: dict[str, Any] = {"time_spent_ms": _step_time(rng, median)}
             if step == 1:
                 metadata["category_selected"] = rng.choice(CATEGORIES)
-            events.append({"event_type": "step_completed", "step_number": step, "metadata": metadata})
+            events.append({"event_type": experiment.STEP_COMPLETED, "step_number": step, "metadata": metadata})
         else:
             completed = True
-            events.append({"event_type": "onboarding_completed", "metadata": {}})
-    other = "deep" if variant == "fast" else "fast"
+            events.append({"event_type": experiment.ONBOARDING_COMPLETED, "metadata": {}})
+    # A contaminated session moves to another variant (the next one, cyclically).
+    other = VARIANT_NAMES[(VARIANT_NAMES.index(variant) + 1) % len(VARIANT_NAMES)]
     switch_at = len(events) if len(events) < 2 or rng.random() >= plan.contamination else rng.randrange(1, len(events))
     if switch_at < len(events):
         tally.contaminated += 1
@@ -148,16 +154,36 @@ class Command(BaseCommand):
         parser.add_argument(
             "--deep-lift",
             type=float,
-            default=0.03,
+            default=experiment.SIMULATED_TREATMENT_LIFT,
             help="absolute change in deep's completion probability (0.03 = +3 percentage points)",
         )
-        parser.add_argument("--fast-completion", type=float, default=0.55, help="fast's completion probability")
+        parser.add_argument(
+            "--fast-completion",
+            type=float,
+            default=experiment.SIMULATED_CONTROL_COMPLETION,
+            help="fast's completion probability",
+        )
         parser.add_argument(
             "--split", default=None, help="true assignment split, e.g. fast=0.55,deep=0.45 (default AB_EXPECTED_SPLIT)"
         )
-        parser.add_argument("--contamination", type=float, default=0.002, help="share of sessions that switch variant")
-        parser.add_argument("--duplicates", type=float, default=0.01, help="share of events the client sends twice")
-        parser.add_argument("--abandon-report-rate", type=float, default=0.6, help="drop-outs that send abandoned")
+        parser.add_argument(
+            "--contamination",
+            type=float,
+            default=experiment.SIMULATED_CONTAMINATION,
+            help="share of sessions that switch variant",
+        )
+        parser.add_argument(
+            "--duplicates",
+            type=float,
+            default=experiment.SIMULATED_DUPLICATES,
+            help="share of events the client sends twice",
+        )
+        parser.add_argument(
+            "--abandon-report-rate",
+            type=float,
+            default=experiment.SIMULATED_ABANDON_REPORT_RATE,
+            help="drop-outs that send abandoned",
+        )
         parser.add_argument("--seed", type=int, default=None)
         parser.add_argument("--batch-size", type=int, default=2000, help="events per push")
         parser.add_argument("--drain", action="store_true", help="write the queue into PostgreSQL now (no worker)")
@@ -203,7 +229,7 @@ class Command(BaseCommand):
         )
         if plan.sessions < 0:
             raise CommandError("--sessions must be >= 0")
-        for variant in ("fast", "deep"):
+        for variant in VARIANT_NAMES:
             if not 0 < plan.completion(variant) <= START_RATE:
                 raise CommandError(
                     f"{variant}'s completion probability {plan.completion(variant):.3f} must be in (0, {START_RATE}] "
