@@ -281,13 +281,11 @@ def event_body(key: str, seq: int) -> dict[str, Any]:
     return body
 
 
-def queue_item(key: str, seq: int, **override: Any) -> bytes:
-    """An event as the endpoint would have queued it (for backlogs pushed directly)."""
-    from server.apps.front.pipeline.queue import encode_event
+def queue_item(key: str, seq: int, **fields: Any) -> bytes:
+    """An event as the endpoint would have queued it (for backlogs pushed directly); ``fields`` override."""
+    from tests.factories import queue_item as build
 
-    body = event_body(key, seq)
-    body["event_id"] = uuid.UUID(body["event_id"]) if "event_id" in body else uuid.uuid4()
-    return encode_event(body, user_id=None, received_at=datetime.now(UTC))
+    return build(**{**event_body(key, seq), "received_at": datetime.now(UTC), **fields})
 
 
 @dataclass

@@ -6,7 +6,6 @@ import random
 import re
 import uuid
 
-import orjson
 import pytest
 
 from .harness import Load, assert_exactly_once, queue_item, verdict, wait_for
@@ -44,18 +43,15 @@ def test_two_workers_overlapping_beats_and_flushes_store_each_event_once(make_st
 def _poison(n: int) -> list[tuple[str, bytes]]:
     """Queue items PostgreSQL refuses (the endpoint would have, but a queue can hold anything)."""
 
-    def item(**override: object) -> bytes:
-        payload = orjson.loads(queue_item(f"po-x-{n}", n))
-        payload["id"] = str(uuid.uuid4())
-        payload.update(override)
-        return orjson.dumps(payload)
+    def item(**fields: object) -> bytes:
+        return queue_item(f"po-x-{n}", n, event_id=uuid.uuid4(), **fields)
 
     return [
-        ("step_number beyond int32", item(n=2**40)),
-        ("user that does not exist", item(u=987_654_321)),
-        ("NUL in metadata", item(m={"note": "a\u0000b"})),
-        ("session_id over 100 chars", item(s="po-x-" + "s" * 120)),
-        ("variant over 20 chars", item(v="v" * 30)),
+        ("step_number beyond int32", item(step_number=2**40)),
+        ("user that does not exist", item(user_id=987_654_321)),
+        ("NUL in metadata", item(metadata={"note": "a\u0000b"})),
+        ("session_id over 100 chars", item(session_id="po-x-" + "s" * 120)),
+        ("variant over 20 chars", item(variant="v" * 30)),
         ("not JSON at all", b"{not json"),
     ]
 

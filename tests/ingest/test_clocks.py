@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import orjson
 import pytest
 from django.utils import timezone
 
 from server.apps.front.models import ABEvent
 from server.apps.front.pipeline import queue
 from server.apps.front.pipeline.writer import drain
+from tests.factories import queue_item
 from tests.ingest.conftest import BATCH_URL, SINGLE_URL, event, post
 
 pytestmark = pytest.mark.django_db
@@ -101,17 +101,11 @@ def test_an_unreadable_client_ts_is_rejected_by_field(client, bad):
 
 def test_a_queued_item_from_before_the_clock_fields_still_drains(rq):
     """Items pushed by the previous release carry neither ``c`` nor ``w``."""
-    old_item = orjson.dumps(
-        {
-            "id": "0b8a2f6e-1c1d-4a57-9d53-2a3c4f1e0001",
-            "s": "old",
-            "v": "deep",
-            "e": "onboarding_started",
-            "n": None,
-            "m": {},
-            "t": queue.to_micros(timezone.now()),
-            "u": None,
-        }
+    old_item = queue_item(
+        event_id="0b8a2f6e-1c1d-4a57-9d53-2a3c4f1e0001",
+        session_id="old",
+        variant="deep",
+        event_type="onboarding_started",
     )
     queue.push([old_item])
     assert drain().stored == 1

@@ -1,33 +1,10 @@
-"""Helpers for the operations tests: queue items and a parsed /metrics scrape."""
+"""Helpers for the operations tests: a parsed /metrics scrape (queue items: tests/factories.py)."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
-
-import orjson
 import pytest
 from django.test import Client
-from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
-
-from server.apps.front.pipeline import queue
-
-
-def make_item(*, age_seconds: float = 0.0, **overrides: object) -> bytes:
-    """A queued event exactly as the endpoint encodes it (the protocol's own encoder)."""
-    data = {
-        "event_id": overrides.pop("event_id", uuid.uuid4()),
-        "session_id": overrides.pop("session_id", f"ops-{uuid.uuid4().hex[:8]}"),
-        "variant": overrides.pop("variant", "fast"),
-        "event_type": overrides.pop("event_type", "variant_assigned"),
-        "step_number": None,
-        "metadata": {},
-    }
-    received = timezone.now() - timedelta(seconds=age_seconds)
-    payload = orjson.loads(queue.encode_event(data, user_id=overrides.pop("user_id", None), received_at=received))
-    payload.update(overrides)
-    return orjson.dumps(payload)
 
 
 class Scrape(dict):

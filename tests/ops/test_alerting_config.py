@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from server.apps.front.pipeline import queue, writer
+from tests.factories import queue_item as make_item
 
-from .conftest import make_item, scrape
+from .conftest import scrape
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"

@@ -15,8 +15,7 @@ from django.utils import timezone
 from server.apps.front.management.commands.ab_prune import parse_age
 from server.apps.front.models import ABEvent
 from server.apps.front.pipeline import queue, writer
-
-from .conftest import make_item
+from tests.factories import queue_item as make_item
 
 pytestmark = pytest.mark.django_db
 
@@ -111,7 +110,7 @@ def test_list_shows_each_dead_letter_with_its_event_id_and_error():
 
 def test_replay_of_a_fixed_dead_letter_stores_it_once_with_its_event_id():
     poison_id = uuid.uuid4()
-    queue.push([make_item(event_id=poison_id, user_id=MISSING_USER, s="replayed")])
+    queue.push([make_item(event_id=poison_id, user_id=MISSING_USER, session_id="replayed")])
     assert writer.drain().dead_lettered == 1
     assert not ABEvent.objects.filter(event_id=poison_id).exists()
 

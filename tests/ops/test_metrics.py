@@ -14,8 +14,9 @@ from django.test import Client
 from devtools.embedded import free_port
 from server.apps.front.ops import metrics
 from server.apps.front.pipeline import queue, writer
+from tests.factories import queue_item as make_item
 
-from .conftest import make_item, scrape
+from .conftest import scrape
 
 REPO = Path(__file__).resolve().parents[2]
 INGEST = "/api/rest/front/ab-event/"

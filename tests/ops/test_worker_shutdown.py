@@ -26,8 +26,7 @@ from django.db import connection
 from celery_app import app
 from server.apps.front.models import ABEvent
 from server.apps.front.pipeline import queue, writer
-
-from .conftest import make_item
+from tests.factories import queue_item as make_item
 
 REPO = Path(__file__).resolve().parents[2]
 BACKLOG = 30_000

@@ -17,7 +17,7 @@ from django.db import connection
 
 from server.apps.front.models import ABEvent
 from server.apps.front.pipeline import queue, writer
-from tests.ops.conftest import make_item
+from tests.factories import queue_item as make_item
 
 EVENTS = 6000
 DRAINS = 4

@@ -6,35 +6,19 @@
 from __future__ import annotations
 
 import time
-import uuid
 from io import StringIO
 
 import orjson
 import pytest
 from django.core.management import call_command
 from django.db import connection
-from django.utils import timezone
 
 from devtools.embedded import free_port
 from server.apps.front.models import ABEvent
 from server.apps.front.pipeline import queue, writer
+from tests.factories import queue_item as item
 
 pytestmark = pytest.mark.django_db
-
-
-def item(**overrides) -> bytes:
-    payload = {
-        "id": str(uuid.uuid4()),
-        "s": "sess",
-        "v": "fast",
-        "e": "variant_assigned",
-        "n": None,
-        "m": {},
-        "t": queue.to_micros(timezone.now()),
-        "u": None,
-    }
-    payload.update(overrides)
-    return orjson.dumps(payload)
 
 
 def dead_letters(rq) -> list[dict]:
@@ -42,11 +26,11 @@ def dead_letters(rq) -> list[dict]:
 
 
 def test_poison_event_goes_to_dead_letter_and_batch_lands(rq):
-    good = [item(s=f"good-{i}") for i in range(50)]
+    good = [item(session_id=f"good-{i}") for i in range(50)]
     poison = [
-        item(s="bad-user", u=987654321),  # foreign key to a user that does not exist
-        item(s="bad-step", n=2**40),  # out of PostgreSQL's integer range
-        item(s="bad-nul", m={"x": "a\u0000b"}),  # jsonb cannot hold \u0000
+        item(session_id="bad-user", user_id=987654321),  # foreign key to a user that does not exist
+        item(session_id="bad-step", step_number=2**40),  # out of PostgreSQL's integer range
+        item(session_id="bad-nul", metadata={"x": "a\u0000b"}),  # jsonb cannot hold \u0000
         b"{not json",
     ]
     queue.push(good[:20] + poison[:2] + good[20:40] + poison[2:] + good[40:])
@@ -65,7 +49,7 @@ def test_poison_event_goes_to_dead_letter_and_batch_lands(rq):
 
 
 def test_batch_written_twice_stores_each_event_once():
-    items = [item(s=f"s-{i}") for i in range(10)]
+    items = [item(session_id=f"s-{i}") for i in range(10)]
     assert writer.write_items(items).stored == 10
     # A worker that committed but died before its ack: the batch is written again.
     assert writer.write_items(items).stored == 10
@@ -73,7 +57,7 @@ def test_batch_written_twice_stores_each_event_once():
 
 
 def test_expired_lease_of_a_dead_worker_returns_the_batch_and_it_lands_once(rq, settings):
-    queue.push([item(s=f"s-{i}") for i in range(30)])
+    queue.push([item(session_id=f"s-{i}") for i in range(30)])
     # A worker claims a batch and dies before writing it (no ack, no release).
     abandoned = queue.claim(20, lease_seconds=0.5)
     assert abandoned is not None and len(abandoned.items) == 20
@@ -94,7 +78,7 @@ def test_expired_lease_of_a_dead_worker_returns_the_batch_and_it_lands_once(rq, 
 
 def test_event_reclaimed_too_often_is_dead_lettered_instead_of_crashing_workers_forever(rq, settings):
     settings.AB_MAX_ATTEMPTS = 3
-    queue.push([item(s="crashy")])
+    queue.push([item(session_id="crashy")])
     for _ in range(3):
         assert queue.claim(10, lease_seconds=0.01) is not None
         time.sleep(0.03)
@@ -105,10 +89,10 @@ def test_event_reclaimed_too_often_is_dead_lettered_instead_of_crashing_workers_
 
 
 def test_release_puts_the_batch_back_at_the_head_in_order(rq):
-    items = [item(s=f"s-{i}") for i in range(5)]
+    items = [item(session_id=f"s-{i}") for i in range(5)]
     queue.push(items)
     batch = queue.claim(3, lease_seconds=30)
-    queue.push([item(s="later")])
+    queue.push([item(session_id="later")])
     assert queue.release(batch) == 3
     assert rq.lrange(queue.keys().queue, 0, -1) == [*items, rq.lindex(queue.keys().queue, -1)]
     assert queue.stats().inflight == 0
@@ -116,7 +100,7 @@ def test_release_puts_the_batch_back_at_the_head_in_order(rq):
 
 @pytest.mark.django_db(transaction=True)
 def test_database_refusing_connections_keeps_the_batch_in_redis_until_it_returns(rq):
-    items = [item(s=f"s-{i}") for i in range(25)]
+    items = [item(session_id=f"s-{i}") for i in range(25)]
     queue.push(items)
     real_port = connection.settings_dict["PORT"]
     connection.close()
@@ -137,7 +121,7 @@ def test_database_refusing_connections_keeps_the_batch_in_redis_until_it_returns
 
 
 def test_drain_stops_at_its_time_budget_and_leaves_the_rest_queued():
-    queue.push([item(s=f"s-{i}") for i in range(100)])
+    queue.push([item(session_id=f"s-{i}") for i in range(100)])
     result = writer.drain(batch_size=10, budget=0)
     assert result.batches == 0
     assert queue.stats().depth == 100
@@ -146,7 +130,7 @@ def test_drain_stops_at_its_time_budget_and_leaves_the_rest_queued():
 
 
 def test_ab_flush_command_drains_and_prints_how_many_were_stored():
-    queue.push([item(s=f"s-{i}") for i in range(7)])
+    queue.push([item(session_id=f"s-{i}") for i in range(7)])
     out = StringIO()
     call_command("ab_flush", stdout=out)
     assert "stored 7 events" in out.getvalue()
@@ -154,7 +138,7 @@ def test_ab_flush_command_drains_and_prints_how_many_were_stored():
 
 
 def test_push_and_claim_move_large_batches_past_the_lua_stack_limit(rq):
-    items = [item(s=f"s-{i}") for i in range(12_000)]
+    items = [item(session_id=f"s-{i}") for i in range(12_000)]
     assert queue.push(items) == 12_000
     batch = queue.claim(10_000, lease_seconds=30)
     assert batch is not None and len(batch.items) == 10_000

@@ -26,7 +26,7 @@ from typing import Any
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
-from server.apps.front.pipeline import queue
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_client_time(value: Any) -> datetime:
@@ -37,7 +37,7 @@ def parse_client_time(value: Any) -> datetime:
         if not math.isfinite(value):
             raise ValueError("not a finite number")
         try:
-            return queue.from_micros(round(value * 1000))
+            return EPOCH + timedelta(microseconds=round(value * 1000))
         except OverflowError as exc:
             raise ValueError("epoch milliseconds out of range") from exc
     if isinstance(value, str):

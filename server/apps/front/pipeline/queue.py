@@ -1,6 +1,9 @@
 """The Redis queue protocol: keys, payload encoding and the Lua scripts.
 
-This module is the only place that knows how events sit in Redis.
+This module is the only place that knows how events sit in Redis: the keys,
+the scripts and the whole item codec (``encode_event`` on the way in,
+``decode_event`` / ``event_fields`` on the way out). The writer, the clocks,
+the tests and the benchmarks never read an item's one-letter keys.
 
     push     endpoint --RPUSH--> ab:{abflow}:queue            (one round trip, capped)
     claim    queue --LPOP n--> ab:{abflow}:inflight:<uuid>     + lease in ab:{abflow}:leases
@@ -314,10 +317,39 @@ def encode_event(
 
 
 def decode_event(item: bytes) -> dict[str, Any]:
+    """The queued item's payload as stored (compact keys); ValueError when it is not a JSON object."""
     payload = orjson.loads(item)
     if not isinstance(payload, dict):
         raise ValueError("queued item is not a JSON object")
     return payload
+
+
+def event_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """A decoded payload as ``ab_events`` column values; raises ValueError/KeyError/TypeError when malformed."""
+    client_ts, event_time = payload.get("c"), payload.get("w")
+    return {
+        "event_id": uuid.UUID(payload["id"]),
+        "session_id": payload["s"],
+        "variant": payload["v"],
+        "event_type": payload["e"],
+        "step_number": payload.get("n"),
+        "metadata": payload.get("m") or {},
+        "timestamp": from_micros(int(payload["t"])),
+        "user_id": payload.get("u"),
+        # Optional (items queued before these existed have neither).
+        "client_ts": from_micros(int(client_ts)) if client_ts is not None else None,
+        "event_time": from_micros(int(event_time)) if event_time is not None else None,
+    }
+
+
+def event_id_of(item: bytes) -> str:
+    """The queued item's event id; ValueError/KeyError/TypeError when it has none."""
+    return str(decode_event(item)["id"])
+
+
+def received_micros(item: bytes) -> int:
+    """When the queued item was received, in epoch microseconds; ValueError/KeyError/TypeError when unreadable."""
+    return int(decode_event(item)["t"])
 
 
 def dead_entry(item: bytes, error: str) -> bytes:
@@ -418,7 +450,7 @@ def stats(*, client: redis.Redis | None = None) -> QueueStats:
     oldest: float | None = None
     if head is not None:
         try:
-            oldest = max(0.0, (secs * 1_000_000 + micros - int(decode_event(head)["t"])) / 1e6)
+            oldest = max(0.0, (secs * 1_000_000 + micros - received_micros(head)) / 1e6)
         except (ValueError, KeyError, TypeError):
             oldest = None
     last_drain_at = int(last_drain_ms) / 1000 if last_drain_ms is not None else None
@@ -457,7 +489,7 @@ def _parse_dead(index: int, entry: bytes) -> DeadLetter:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return DeadLetter(index, None, "not a dead-letter entry", None, entry.decode("utf-8", "replace"))
     try:
-        event_id = str(decode_event(item.encode())["id"])
+        event_id = event_id_of(item.encode())
     except (ValueError, KeyError, TypeError):
         event_id = None
     at = EPOCH + timedelta(milliseconds=int(at_ms)) if isinstance(at_ms, int | float) else None

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,22 +40,8 @@ DATA_ERRORS = (DataError, IntegrityError)
 
 
 def event_from_payload(payload: dict[str, Any]) -> ABEvent:
-    """Build the (unsaved) row for one queued event; raises on a malformed payload."""
-    return _new_row(
-        {
-            "event_id": uuid.UUID(payload["id"]),
-            "session_id": payload["s"],
-            "variant": payload["v"],
-            "event_type": payload["e"],
-            "step_number": payload.get("n"),
-            "metadata": payload.get("m") or {},
-            "timestamp": queue.from_micros(int(payload["t"])),
-            "user_id": payload.get("u"),
-            # Optional (items queued before these existed have neither).
-            "client_ts": queue.from_micros(int(payload["c"])) if payload.get("c") is not None else None,
-            "event_time": queue.from_micros(int(payload["w"])) if payload.get("w") is not None else None,
-        }
-    )
+    """Build the (unsaved) row for one decoded queued event; raises on a malformed payload."""
+    return _new_row(queue.event_fields(payload))
 
 
 def _new_row(values: dict[str, Any]) -> ABEvent:
