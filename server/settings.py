@@ -193,7 +193,7 @@ REST_FRAMEWORK = {
         "server.apps.front.ingest.parsers.ABEventJSONParser",
         "server.apps.front.ingest.parsers.PlainTextJSONParser",
     ],
-    "EXCEPTION_HANDLER": "server.apps.front.ingest.views.envelope_exception_handler",
+    "EXCEPTION_HANDLER": "server.apps.front.ingest.errors.envelope_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Reverse proxies in front of gunicorn whose X-Forwarded-For is trusted for

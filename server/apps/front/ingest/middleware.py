@@ -19,14 +19,12 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 
+from server.apps.front.ingest.errors import error_response
+
 # gzip header and trailer (wbits 16 + 15); "x-gzip" is the same thing (RFC 9110).
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _GZIP_NAMES = {"gzip", "x-gzip"}
 _IDENTITY_NAMES = {"", "identity"}
-
-
-def error_response(status: int, field: str, message: str) -> JsonResponse:
-    return JsonResponse({"success": False, "errors": {field: [message]}}, status=status)
 
 
 def too_large(size_note: str) -> JsonResponse:

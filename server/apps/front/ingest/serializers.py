@@ -12,21 +12,15 @@ from __future__ import annotations
 import copy
 import json
 import math
-import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
 from django.conf import settings
-from django.utils import timezone
 from rest_framework import serializers
 
-from server.apps.front.experiment import EVENT_TYPE_NAMES, VARIANT_NAMES
-from server.apps.front.ingest.clocks import ClientTimestampField, corrected_time
+from server.apps.front.ingest.clocks import ClientTimestampField
 from server.apps.front.models import ABEvent
-from server.apps.front.pipeline import queue
-
-VALID_EVENT_TYPES = EVENT_TYPE_NAMES
 
 # PostgreSQL's ``integer`` column: a wider value would fail at write time.
 INT32_MAX = 2**31 - 1
@@ -75,9 +69,7 @@ def check_json_value(value: Any, *, depth: int, max_depth: int, path: str = "met
 
 
 class ABEventSerializer(serializers.ModelSerializer):
-    """
-    Serializer для создания события A/B теста
-    """
+    """One A/B test event, as the frontend sends it (the spec's serializer, hardened)."""
 
     # Declared explicitly: the model's unique ``event_id`` would otherwise get
     # a UniqueValidator, i.e. a PostgreSQL query per request. Uniqueness is
@@ -126,25 +118,6 @@ class ABEventSerializer(serializers.ModelSerializer):
                 )
         return super().to_internal_value(data)
 
-    def create(self, validated_data: dict[str, Any]) -> ABEvent:
-        # Добавляем user из request, если авторизован
-        request = self.context.get("request")
-        if request and request.user.is_authenticated:
-            validated_data["user"] = request.user
-        return enqueue([validated_data], sent_at=self.context.get("sent_at"))[0]
-
-    def validate_variant(self, value: str) -> str:
-        """Валидация варианта"""
-        if value not in VARIANT_NAMES:
-            raise serializers.ValidationError("Variant должен быть 'fast' или 'deep'")
-        return value
-
-    def validate_event_type(self, value: str) -> str:
-        """Валидация типа события"""
-        if value not in VALID_EVENT_TYPES:
-            raise serializers.ValidationError(f"Event type должен быть одним из: {', '.join(VALID_EVENT_TYPES)}")
-        return value
-
     def validate_step_number(self, value: int | None) -> int | None:
         if value is not None and value > settings.AB_MAX_STEP_NUMBER:
             raise serializers.ValidationError(f"step_number must be between 0 and {settings.AB_MAX_STEP_NUMBER}")
@@ -172,33 +145,27 @@ def json_size(value: Any) -> int:
         return len(json.dumps(value, separators=(",", ":"), default=str))
 
 
-def enqueue(
-    validated: list[dict[str, Any]], *, sent_at: datetime | None = None, rows: bool = True
-) -> list[ABEvent]:
-    """Push validated events to the Redis queue in one round trip.
+class BatchSerializer(serializers.Serializer):
+    """The batch's envelope; its events are validated one by one by the ingest service."""
 
-    Stamps the receive time here, at enqueue: that is the event's
-    ``timestamp``, whatever the flush delay. With the client's ``sent_at``,
-    an event's ``client_ts`` becomes ``event_time`` on the server's clock
-    (clocks.py). Returns the unsaved rows (none with ``rows=False``: the
-    batch endpoint does not need them, and building them is a quarter of
-    its per-event cost).
-    """
-    received_at = timezone.now()
-    max_age = timedelta(seconds=settings.AB_CLIENT_TS_MAX_AGE)
-    items: list[bytes] = []
-    events: list[ABEvent] = []
-    for data in validated:
-        data.setdefault("event_id", None)
-        data["event_id"] = data["event_id"] or uuid.uuid4()
-        user = data.get("user")
-        event_time = corrected_time(data.get("client_ts"), sent_at, received_at, max_age)
-        items.append(
-            queue.encode_event(
-                data, user_id=user.pk if user is not None else None, received_at=received_at, event_time=event_time
+    # No child field: a malformed event must be rejected by index, not fail the batch.
+    events = serializers.ListField()
+    # The client's clock when it sent the batch (clocks.py); without it no event_time.
+    sent_at = ClientTimestampField(required=False, allow_null=True)
+
+    def validate_events(self, value: list[Any]) -> list[Any]:
+        if len(value) > settings.AB_BATCH_MAX_EVENTS:
+            raise serializers.ValidationError(
+                f"A batch holds at most {settings.AB_BATCH_MAX_EVENTS} events; this one has {len(value)}."
             )
-        )
-        if rows:
-            events.append(ABEvent(timestamp=received_at, event_time=event_time, **data))
-    queue.push(items)
-    return events
+        return value
+
+
+def sent_at_of(data: Any) -> datetime | None:
+    """The optional top-level ``sent_at`` of a single-event body (the batch's is a field of BatchSerializer)."""
+    if not isinstance(data, dict) or data.get("sent_at") is None:
+        return None
+    try:
+        return ClientTimestampField().run_validation(data["sent_at"])
+    except serializers.ValidationError as exc:
+        raise serializers.ValidationError({"sent_at": exc.detail}) from exc

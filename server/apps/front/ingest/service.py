@@ -1,40 +1,46 @@
-"""Batch ingest: ``POST /api/rest/front/ab-events/`` with ``{"events": [...], "sent_at": ...}``.
+"""The ingest service: validated events into the Redis queue, for both endpoints and the simulator.
 
-Each event goes through the same ``ABEventSerializer`` as the single endpoint
-(one validation path). A bad event is reported by its index and does not
-block the others: the valid ones are queued, all in one Redis round trip.
-A client ``event_id`` repeated within the batch is queued once (across
-requests the writer's unique ``event_id`` stores it once).
+``POST /api/rest/front/ab-events/`` hands it a batch; the single-event
+endpoint hands it a batch of one; ``ab_simulate`` hands it its generated
+sessions. Each event goes through the same ``ABEventSerializer`` (one
+validation path, one validator per thread). A bad event is reported by its
+index and does not block the others: the valid ones are queued, all in one
+Redis round trip. A client ``event_id`` repeated within the batch is queued
+once (across requests the writer's unique ``event_id`` stores it once).
 """
 
 from __future__ import annotations
 
+import threading
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.utils import timezone
 from rest_framework import serializers
 
-from server.apps.front.ingest.clocks import ClientTimestampField
-from server.apps.front.ingest.serializers import ABEventSerializer, enqueue
+from server.apps.front.ingest.clocks import corrected_time
+from server.apps.front.ingest.serializers import ABEventSerializer
+from server.apps.front.pipeline import queue
+
+_local = threading.local()
 
 
-class BatchSerializer(serializers.Serializer):
-    """The batch's envelope; its events are validated one by one in :func:`ingest_batch`."""
+def event_validator() -> ABEventSerializer:
+    """One ABEventSerializer per thread, reused for every event.
 
-    # No child field: a malformed event must be rejected by index, not fail the batch.
-    events = serializers.ListField()
-    # The client's clock when it sent the batch (clocks.py); without it no event_time.
-    sent_at = ClientTimestampField(required=False, allow_null=True)
-
-    def validate_events(self, value: list[Any]) -> list[Any]:
-        if len(value) > settings.AB_BATCH_MAX_EVENTS:
-            raise serializers.ValidationError(
-                f"A batch holds at most {settings.AB_BATCH_MAX_EVENTS} events; this one has {len(value)}."
-            )
-        return value
+    Building a serializer per request (fields, binding) cost three times what
+    validating with it does (bench/profile_ingest.py); ``run_validation``
+    keeps no state on the instance, as DRF's ListSerializer relies on too.
+    Per thread, because gunicorn's gthread workers serve requests concurrently.
+    """
+    validator = getattr(_local, "event_validator", None)
+    if validator is None:
+        validator = _local.event_validator = ABEventSerializer()
+    return validator
 
 
 @dataclass
@@ -44,18 +50,14 @@ class BatchOutcome:
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
-def ingest_batch(events: list[Any], *, sent_at: datetime | None, user: AbstractBaseUser | None) -> BatchOutcome:
-    """Validate each event, queue the valid ones in one push.
+def validate(events: list[Any], *, user: AbstractBaseUser | None = None) -> tuple[list[dict[str, Any]], BatchOutcome]:
+    """Validate each event: (the events to queue, the outcome so far).
 
     ``accepted`` counts valid events, a repeated ``event_id`` included (the
-    client must not retry it); ``queued`` those actually pushed. Raises what
-    ``queue.push`` raises (QueueFull, redis.RedisError): nothing is queued then.
+    client must not retry it); only its first occurrence is returned to queue.
     """
     outcome = BatchOutcome()
-    # One serializer instance validates every event, as DRF's ListSerializer
-    # does: building a ModelSerializer's fields per event would cost more
-    # than validating it.
-    validator = ABEventSerializer()
+    validator = event_validator()
     valid: list[dict[str, Any]] = []
     seen: set[Any] = set()
     for index, raw in enumerate(events):
@@ -73,16 +75,39 @@ def ingest_batch(events: list[Any], *, sent_at: datetime | None, user: AbstractB
         if user is not None:
             data["user"] = user
         valid.append(data)
-    enqueue(valid, sent_at=sent_at, rows=False)
+    return valid, outcome
+
+
+def enqueue(validated: list[dict[str, Any]], *, sent_at: datetime | None = None) -> None:
+    """Push validated events to the Redis queue in one round trip.
+
+    Stamps the receive time here, at enqueue: that is the event's
+    ``timestamp``, whatever the flush delay. With the client's ``sent_at``,
+    an event's ``client_ts`` becomes ``event_time`` on the server's clock
+    (clocks.py). Raises what ``queue.push`` raises (QueueFull, redis.RedisError).
+    """
+    received_at = timezone.now()
+    max_age = timedelta(seconds=settings.AB_CLIENT_TS_MAX_AGE)
+    items: list[bytes] = []
+    for data in validated:
+        data["event_id"] = data.get("event_id") or uuid.uuid4()
+        user = data.get("user")
+        event_time = corrected_time(data.get("client_ts"), sent_at, received_at, max_age)
+        items.append(
+            queue.encode_event(
+                data, user_id=user.pk if user is not None else None, received_at=received_at, event_time=event_time
+            )
+        )
+    queue.push(items)
+
+
+def ingest(events: list[Any], *, sent_at: datetime | None, user: AbstractBaseUser | None) -> BatchOutcome:
+    """Validate each event, queue the valid ones in one push.
+
+    ``queued`` counts those actually pushed. Raises what ``queue.push``
+    raises (QueueFull, redis.RedisError): nothing is queued then.
+    """
+    valid, outcome = validate(events, user=user)
+    enqueue(valid, sent_at=sent_at)
     outcome.queued = len(valid)
     return outcome
-
-
-def sent_at_of(data: Any) -> datetime | None:
-    """The optional top-level ``sent_at`` of a single-event body (the batch's is a field of BatchSerializer)."""
-    if not isinstance(data, dict) or data.get("sent_at") is None:
-        return None
-    try:
-        return ClientTimestampField().run_validation(data["sent_at"])
-    except serializers.ValidationError as exc:
-        raise serializers.ValidationError({"sent_at": exc.detail}) from exc

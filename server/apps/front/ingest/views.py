@@ -1,153 +1,61 @@
-"""Ingest endpoint: validate, push to Redis, answer. Never writes PostgreSQL."""
+"""Ingest endpoints: validate, push to Redis, answer. Never writes PostgreSQL.
+
+Both are thin: the single-event endpoint is a batch of one for the same
+ingest service (``service.ingest``) as the batch endpoint, and keeps the
+spec's answer shape; every rejection goes through ``errors``.
+"""
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
-import redis
-from django.conf import settings
-from rest_framework import exceptions, serializers, status
+from django.contrib.auth.base_user import AbstractBaseUser
+from rest_framework import status
 from rest_framework.decorators import api_view, permission_classes, throttle_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
-from server.apps.front.ingest.serializers import ABEventSerializer, enqueue
-from server.apps.front.ingest.service import BatchSerializer, ingest_batch, sent_at_of
+from server.apps.front.ingest.errors import invalid, queue_errors_as_503
+from server.apps.front.ingest.serializers import ABEventSerializer, BatchSerializer, sent_at_of
+from server.apps.front.ingest.service import ingest
 from server.apps.front.ingest.throttling import IngestRateThrottle
 from server.apps.front.ops import metrics
-from server.apps.front.pipeline import queue
 
 
-class QueueUnavailable(exceptions.APIException):
-    """Redis is down or the queue is full: the client should retry later."""
-
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "Event queue unavailable, retry later."
-    default_code = "queue_unavailable"
+def _user(request: Request) -> AbstractBaseUser | None:
+    return request.user if request.user.is_authenticated else None
 
 
 @api_view(["POST"])
-@permission_classes([AllowAny])  # Разрешаем анонимным пользователям
+@permission_classes([AllowAny])  # anonymous visitors send events too
 @throttle_classes([IngestRateThrottle])  # off unless AB_THROTTLE_RATE is set
 def track_ab_event(request: Request) -> Response:
-    """
-    Endpoint для трекинга событий A/B теста
-
-    POST /api/rest/front/ab-event/
-    """
+    """One event: ``POST /api/rest/front/ab-event/`` (the spec's contract), 201 ``{"success": true}``."""
     sent_at = sent_at_of(request.data)
-    try:
-        validated = _event_validator().run_validation(request.data)
-    except serializers.ValidationError:
+    with queue_errors_as_503():
+        outcome = ingest([request.data], sent_at=sent_at, user=_user(request))
+    if outcome.rejected:
         # The rare path: a fresh serializer gives ``errors`` exactly as
         # is_valid() always has (e.g. its "No data provided" for a null body).
-        serializer = ABEventSerializer(data=request.data, context={"request": request, "sent_at": sent_at})
+        serializer = ABEventSerializer(data=request.data)
         serializer.is_valid()
-        metrics.record_invalid(serializer.errors)
-        return Response({"success": False, "errors": serializer.errors}, status=status.HTTP_400_BAD_REQUEST)
-    if request.user.is_authenticated:
-        validated["user"] = request.user
-    with queue_errors_as_503():
-        # What serializer.save() -> create() does, minus the unsaved model
-        # instance it would have to build and return.
-        enqueue([validated], sent_at=sent_at, rows=False)
+        return invalid(serializer.errors)
     metrics.EVENTS_ACCEPTED.inc()
     return Response({"success": True}, status=status.HTTP_201_CREATED)
-
-
-_local = threading.local()
-
-
-def _event_validator() -> ABEventSerializer:
-    """One ABEventSerializer per thread, reused for every valid event.
-
-    Building a serializer per request (fields, binding) cost three times what
-    validating with it does (bench/profile_ingest.py); ``run_validation``
-    keeps no state on the instance, as batch.py relies on too. Per thread,
-    because gunicorn's gthread workers serve requests concurrently.
-    """
-    validator = getattr(_local, "event_validator", None)
-    if validator is None:
-        validator = _local.event_validator = ABEventSerializer()
-    return validator
 
 
 @api_view(["POST"])
 @permission_classes([AllowAny])
 @throttle_classes([IngestRateThrottle])
 def track_ab_events(request: Request) -> Response:
-    """Batch of events: POST /api/rest/front/ab-events/ (batch.py, docs/frontend.md)."""
+    """A batch of events: ``POST /api/rest/front/ab-events/`` (docs/frontend.md)."""
     envelope = BatchSerializer(data=request.data)
     if not envelope.is_valid():
-        metrics.record_invalid(envelope.errors)
-        return Response({"success": False, "errors": envelope.errors}, status=status.HTTP_400_BAD_REQUEST)
-    user = request.user if request.user.is_authenticated else None
+        return invalid(envelope.errors)
     with queue_errors_as_503():
-        outcome = ingest_batch(
-            envelope.validated_data["events"], sent_at=envelope.validated_data.get("sent_at"), user=user
+        outcome = ingest(
+            envelope.validated_data["events"], sent_at=envelope.validated_data.get("sent_at"), user=_user(request)
         )
     metrics.EVENTS_ACCEPTED.inc(outcome.accepted)
     for rejected in outcome.rejected:
         metrics.record_invalid(rejected["errors"])
     return Response({"success": True, "accepted": outcome.accepted, "rejected": outcome.rejected})
-
-
-class queue_errors_as_503:
-    """Turn a Redis outage or a full queue into QueueUnavailable (503 + Retry-After)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None:
-            return False
-        if isinstance(exc, queue.QueueFull):
-            raise QueueUnavailable("Event queue is full, retry later.") from exc
-        if isinstance(exc, redis.RedisError):
-            raise QueueUnavailable() from exc
-        return False
-
-
-# Which key of ``errors`` a request-level failure is reported under.
-_ERROR_FIELDS: list[tuple[type[Exception], str]] = [
-    (exceptions.ParseError, "body"),
-    (exceptions.UnsupportedMediaType, "content_type"),
-    (exceptions.MethodNotAllowed, "method"),
-    (exceptions.Throttled, "throttle"),
-    (exceptions.NotAuthenticated, "auth"),
-    (exceptions.AuthenticationFailed, "auth"),
-    (exceptions.PermissionDenied, "auth"),
-    (QueueUnavailable, "queue"),
-]
-
-
-def _rejection_reason(exc: Exception, field: str) -> str:
-    """The ``reason`` label of abflow_events_rejected_total for a request-level failure."""
-    if isinstance(exc, QueueUnavailable):
-        return "queue_full" if isinstance(exc.__cause__, queue.QueueFull) else "redis_down"
-    return {"body": "parse", "content_type": "media_type"}.get(field, field)
-
-
-def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, answering in the spec's envelope: {"success": false, "errors": {...}}.
-
-    Malformed JSON included: DRF's default ``{"detail": ...}`` is not the contract.
-    """
-    response = exception_handler(exc, context)
-    if response is None:
-        return None
-    if isinstance(exc, exceptions.ValidationError):
-        errors = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
-        metrics.record_invalid(errors)
-    else:
-        field = next((name for cls, name in _ERROR_FIELDS if isinstance(exc, cls)), "detail")
-        detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
-        errors = {field: [str(detail)]}
-        metrics.record_rejection(_rejection_reason(exc, field))
-    response.data = {"success": False, "errors": errors}
-    if isinstance(exc, QueueUnavailable):
-        response["Retry-After"] = str(settings.AB_RETRY_AFTER)
-    return response

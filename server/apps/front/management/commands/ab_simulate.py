@@ -1,7 +1,7 @@
 """Push simulated onboarding sessions through the real ingest path.
 
-Every event is validated by the endpoint's serializer and handed to
-``serializers.enqueue``, the function behind ``POST /api/rest/front/ab-event/``,
+Every event is validated and queued by the ingest service
+(``ingest/service.py``), the one behind ``POST /api/rest/front/ab-event/``,
 so it lands in the same Redis queue and reaches PostgreSQL through the same
 writer (the Celery drain, or ``--drain`` here). Nothing is written to the
 table directly.
@@ -37,7 +37,7 @@ from server.apps.front.experiment import (
     configured_split,
     parse_split,
 )
-from server.apps.front.ingest.serializers import ABEventSerializer, enqueue
+from server.apps.front.ingest import service
 from server.apps.front.pipeline import queue, writer
 
 
@@ -138,12 +138,11 @@ def generate(
 
 
 def push_batch(batch: list[dict[str, Any]]) -> None:
-    """Validate like the endpoint does, then enqueue like the endpoint does."""
-    serializer = ABEventSerializer(data=batch, many=True)
-    if not serializer.is_valid():
-        bad = next(err for err in serializer.errors if err)
-        raise CommandError(f"the simulator produced an event the endpoint refuses: {bad}")
-    enqueue(list(serializer.validated_data))
+    """Validate and enqueue with the endpoints' ingest service; nothing is queued if any event is refused."""
+    valid, outcome = service.validate(batch)
+    if outcome.rejected:
+        raise CommandError(f"the simulator produced an event the endpoint refuses: {outcome.rejected[0]['errors']}")
+    service.enqueue(valid)
 
 
 class Command(BaseCommand):

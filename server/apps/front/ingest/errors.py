@@ -1,0 +1,104 @@
+"""The ingest endpoints' error envelope, in one place: ``{"success": false, "errors": {<field>: [...]}}``.
+
+Every rejection answers in it: validation errors (400, from the views), the
+request-level failures DRF raises (malformed JSON, wrong content type,
+throttled, ...) through :func:`envelope_exception_handler`, a Redis outage or
+a full queue (503 + ``Retry-After``) through :class:`queue_errors_as_503`, and
+the body middleware's 413/415/400 through :func:`error_response`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.http import JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from server.apps.front.ops import metrics
+from server.apps.front.pipeline import queue
+
+
+def envelope(errors: Any) -> dict[str, Any]:
+    """The body of every rejection."""
+    return {"success": False, "errors": errors}
+
+
+def invalid(errors: Any) -> Response:
+    """A 400 for field errors (counted under the first invalid field)."""
+    metrics.record_invalid(errors)
+    return Response(envelope(errors), status=status.HTTP_400_BAD_REQUEST)
+
+
+def error_response(status_code: int, field: str, message: str) -> JsonResponse:
+    """A rejection before DRF sees the request (the body middleware)."""
+    return JsonResponse(envelope({field: [message]}), status=status_code)
+
+
+class QueueUnavailable(exceptions.APIException):
+    """Redis is down or the queue is full: the client should retry later."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "Event queue unavailable, retry later."
+    default_code = "queue_unavailable"
+
+
+class queue_errors_as_503:
+    """Turn a Redis outage or a full queue into QueueUnavailable (503 + Retry-After)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, queue.QueueFull):
+            raise QueueUnavailable("Event queue is full, retry later.") from exc
+        if isinstance(exc, redis.RedisError):
+            raise QueueUnavailable() from exc
+        return False
+
+
+# Which key of ``errors`` a request-level failure is reported under.
+_ERROR_FIELDS: list[tuple[type[Exception], str]] = [
+    (exceptions.ParseError, "body"),
+    (exceptions.UnsupportedMediaType, "content_type"),
+    (exceptions.MethodNotAllowed, "method"),
+    (exceptions.Throttled, "throttle"),
+    (exceptions.NotAuthenticated, "auth"),
+    (exceptions.AuthenticationFailed, "auth"),
+    (exceptions.PermissionDenied, "auth"),
+    (QueueUnavailable, "queue"),
+]
+
+
+def _rejection_reason(exc: Exception, field: str) -> str:
+    """The ``reason`` label of abflow_events_rejected_total for a request-level failure."""
+    if isinstance(exc, QueueUnavailable):
+        return "queue_full" if isinstance(exc.__cause__, queue.QueueFull) else "redis_down"
+    return {"body": "parse", "content_type": "media_type"}.get(field, field)
+
+
+def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, answering in the spec's envelope: {"success": false, "errors": {...}}.
+
+    Malformed JSON included: DRF's default ``{"detail": ...}`` is not the contract.
+    """
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        errors = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
+        metrics.record_invalid(errors)
+    else:
+        field = next((name for cls, name in _ERROR_FIELDS if isinstance(exc, cls)), "detail")
+        detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
+        errors = {field: [str(detail)]}
+        metrics.record_rejection(_rejection_reason(exc, field))
+    response.data = envelope(errors)
+    if isinstance(exc, QueueUnavailable):
+        response["Retry-After"] = str(settings.AB_RETRY_AFTER)
+    return response
