@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery.signals import worker_shutting_down
 from django.conf import settings
 
 from celery_app import app
-from server.apps.front.pipeline import writer
-
-log = logging.getLogger("abflow.drain")
+from server.apps.front.pipeline import tasks
 
 
 @app.task(
@@ -25,12 +22,7 @@ log = logging.getLogger("abflow.drain")
 )
 def flush_ab_events() -> dict[str, Any]:
     """Drain the Redis queue into PostgreSQL (scheduled by beat every AB_FLUSH_INTERVAL s)."""
-    result = writer.drain()
-    # One structured line per run (its fields become JSON keys under
-    # LOG_FORMAT=json); idle runs, every AB_FLUSH_INTERVAL s, only at DEBUG.
-    busy = result.claimed or result.requeued or result.dead_lettered or result.error
-    log.log(logging.INFO if busy else logging.DEBUG, "ab_drain", extra=result.as_log())
-    return result.as_log()
+    return tasks.flush()
 
 
 @worker_shutting_down.connect
@@ -40,4 +32,4 @@ def _stop_draining(**_: Any) -> None:
     Sent in the worker's main process, which is where a ``--pool=solo`` worker
     runs the task; a prefork child finishes within AB_DRAIN_BUDGET instead.
     """
-    writer.request_stop()
+    tasks.stop_draining()

@@ -12,8 +12,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from server.apps.front.management.commands.ab_prune import parse_age
 from server.apps.front.models import ABEvent
+from server.apps.front.ops.retention import parse_age
 from server.apps.front.pipeline import queue, writer
 from tests.factories import queue_item as make_item
 

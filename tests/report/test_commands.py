@@ -11,7 +11,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from server.apps.front.ingest.serializers import ABEventSerializer
-from server.apps.front.management.commands.ab_simulate import Plan, Tally, generate
+from server.apps.front.ingest.simulator import Plan, Tally, generate
 from server.apps.front.models import ABEvent
 from server.apps.front.pipeline import queue
 from server.apps.front.report.build import build_report

@@ -1,0 +1,25 @@
+"""The bodies of the Celery tasks (worker/tasks.py wraps them, celery_app.py wires them)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from server.apps.front.pipeline import writer
+
+log = logging.getLogger("abflow.drain")
+
+
+def flush() -> dict[str, Any]:
+    """One drain run of the Redis queue into PostgreSQL, logged as one structured line."""
+    result = writer.drain()
+    # One structured line per run (its fields become JSON keys under
+    # LOG_FORMAT=json); idle runs, every AB_FLUSH_INTERVAL s, only at DEBUG.
+    busy = result.claimed or result.requeued or result.dead_lettered or result.error
+    log.log(logging.INFO if busy else logging.DEBUG, "ab_drain", extra=result.as_log())
+    return result.as_log()
+
+
+def stop_draining() -> None:
+    """Warm shutdown: the running drain acks its batch, then claims no more."""
+    writer.request_stop()
