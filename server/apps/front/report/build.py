@@ -31,9 +31,9 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import fields, replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connection
@@ -42,6 +42,21 @@ from django.utils.dateparse import parse_date, parse_datetime
 from server.apps.front import experiment
 from server.apps.front.experiment import CONTROL, TREATMENT, VARIANT_NAMES, configured_split, parse_split
 from server.apps.front.report import stats
+from server.apps.front.report.model import (
+    CompletionTime,
+    Dropout,
+    Params,
+    PrimaryMetric,
+    Report,
+    SecondaryMetric,
+    SessionCounts,
+    Stage,
+    StepTime,
+    TimeToComplete,
+    finite,
+)
+
+T = TypeVar("T")
 
 AGGREGATES_SQL = """
 WITH events AS (
@@ -210,24 +225,29 @@ def fetch_aggregates(since: datetime | None = None, until: datetime | None = Non
 # --- assembly ------------------------------------------------------------------------
 
 
+def _pick(cls: type[T], row: dict[str, Any]) -> T:
+    """A report part from an aggregates row: the dataclass's fields, in its order."""
+    return cls(**{f.name: row[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+
 def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _stage(stage: str, label: str, sessions: int, assigned: int, previous: int | None) -> dict[str, Any]:
+def _stage(stage: str, label: str, sessions: int, assigned: int, previous: int | None) -> Stage:
     low, high = stats.wilson_interval(sessions, assigned)
-    return {
-        "stage": stage,
-        "label": label,
-        "sessions": sessions,
-        "share_of_assigned": _share(sessions, assigned),
-        "ci_low": low,
-        "ci_high": high,
-        "step_to_step": None if previous is None else _share(sessions, previous),
-    }
+    return Stage(
+        stage=stage,
+        label=label,
+        sessions=sessions,
+        share_of_assigned=_share(sessions, assigned),
+        ci_low=low,
+        ci_high=high,
+        step_to_step=None if previous is None else _share(sessions, previous),
+    )
 
 
-def _funnel(totals: dict[str, int], reached_hist: dict[int, int], steps: list[int]) -> list[dict[str, Any]]:
+def _funnel(totals: dict[str, int], reached_hist: dict[int, int], steps: list[int]) -> list[Stage]:
     """Assigned, started, each step, completed: sessions, share of assigned with its interval, step-to-step."""
     assigned = totals["sessions"]
     stages = [_stage("assigned", "Assigned", assigned, assigned, None)]
@@ -243,32 +263,32 @@ def _funnel(totals: dict[str, int], reached_hist: dict[int, int], steps: list[in
 
 def _secondary(
     totals: dict[str, dict[str, int]], time_stats: dict[str, dict[str, Any]], confidence: float, alpha: float
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+) -> tuple[list[SecondaryMetric], stats.WelchResult | None]:
     """Secondary metrics, their tests, and BH-adjusted p-values across them."""
     a, b = totals[CONTROL], totals[TREATMENT]
-    metrics: list[dict[str, Any]] = []
+    metrics: list[SecondaryMetric] = []
     for name, key, description in (
         ("start rate", "started", "share of assigned sessions that started onboarding"),
         ("abandonment rate", "abandoned", "share of assigned sessions that sent onboarding_abandoned"),
     ):
         c = stats.compare_proportions(a[key], a["sessions"], b[key], b["sessions"], confidence=confidence)
         metrics.append(
-            {
-                "metric": name,
-                "description": description,
-                "kind": "proportion",
-                "control": c.rate_a,
-                "treatment": c.rate_b,
-                "diff": c.diff,
-                "diff_low": c.diff_low,
-                "diff_high": c.diff_high,
-                "p_value": c.p_value,
-            }
+            SecondaryMetric(
+                metric=name,
+                description=description,
+                kind="proportion",
+                control=c.rate_a,
+                treatment=c.rate_b,
+                diff=c.diff,
+                diff_low=c.diff_low,
+                diff_high=c.diff_high,
+                p_value=c.p_value,
+            )
         )
     welch = None
     ta, tb = time_stats.get(CONTROL), time_stats.get(TREATMENT)
     if ta and tb:
-        result = stats.welch_ttest(
+        welch = stats.welch_ttest(
             ta["mean_ms"],
             ta["sd_ms"] or 0.0,
             ta["sessions"],
@@ -277,26 +297,24 @@ def _secondary(
             tb["sessions"],
             confidence,
         )
-        welch = asdict(result) if result else None
     metrics.append(
-        {
-            "metric": "time to complete (ms)",
-            "description": "sum of step times of completed sessions, capped at the pooled P99; Welch t-test",
-            "kind": "mean",
-            "control": welch["mean_a"] if welch else None,
-            "treatment": welch["mean_b"] if welch else None,
-            "diff": welch["diff"] if welch else None,
-            "diff_low": welch["diff_low"] if welch else None,
-            "diff_high": welch["diff_high"] if welch else None,
-            "p_value": welch["p_value"] if welch else None,
-        }
+        SecondaryMetric(
+            metric="time to complete (ms)",
+            description="sum of step times of completed sessions, capped at the pooled P99; Welch t-test",
+            kind="mean",
+            control=welch.mean_a if welch else None,
+            treatment=welch.mean_b if welch else None,
+            diff=welch.diff if welch else None,
+            diff_low=welch.diff_low if welch else None,
+            diff_high=welch.diff_high if welch else None,
+            p_value=welch.p_value if welch else None,
+        )
     )
-    adjusted = stats.benjamini_hochberg(
-        {m["metric"]: (math.nan if m["p_value"] is None else m["p_value"]) for m in metrics}
-    )
-    for m in metrics:
-        m["p_adjusted"] = adjusted[m["metric"]]
-        m["significant"] = bool(adjusted[m["metric"]] < alpha)  # nan < alpha is False
+    adjusted = stats.benjamini_hochberg({m.metric: (math.nan if m.p_value is None else m.p_value) for m in metrics})
+    # nan < alpha is False: a metric without a test is never significant.
+    metrics = [
+        replace(m, p_adjusted=adjusted[m.metric], significant=bool(adjusted[m.metric] < alpha)) for m in metrics
+    ]
     return metrics, welch
 
 
@@ -308,8 +326,8 @@ def assemble(
     expected_split: dict[str, float] | None = None,
     sequential: bool = False,
     alpha: float = stats.DEFAULT_ALPHA,
-) -> dict[str, Any]:
-    """Turn the aggregates into the report (pure: no database access)."""
+) -> Report:
+    """Turn the aggregates into the typed report (pure: no database access)."""
     split = parse_split(expected_split) if expected_split else configured_split()
     confidence = 1 - alpha
     totals = {v: {"sessions": 0, "events": 0, "started": 0, "completed": 0, "abandoned": 0} for v in VARIANT_NAMES}
@@ -342,95 +360,82 @@ def assemble(
     analysis = stats.analyse_primary(
         assigned, completed, control=CONTROL, treatment=TREATMENT, split=split, alpha=alpha, sequential=sequential
     )
-    primary, srm, gate, decision = analysis.primary, analysis.srm, analysis.gate, analysis.decision
     secondary, welch = _secondary(totals, time_stats, confidence, alpha)
 
-    report = {
-        "verdict": decision.verdict,
-        "reasons": decision.reasons,
-        "control": CONTROL,
-        "treatment": TREATMENT,
-        "params": {
-            "since": since.isoformat() if since else None,
-            "until": until.isoformat() if until else None,
-            "expected_split": split,
-            "alpha": alpha,
-            "confidence": confidence,
-            "sequential": sequential,
-            "min_sessions": stats.MIN_SESSIONS,
-            "min_outcomes": stats.MIN_OUTCOMES,
-            "srm_threshold": stats.SRM_THRESHOLD,
-        },
-        "sessions": {
-            "analysed": assigned,
-            "contaminated": excluded.get("contaminated", 0),
-            "unassigned": excluded.get("unassigned", 0),
-            "events": sum(t["events"] for t in totals.values()) + excluded_events,
-        },
-        "srm": asdict(srm),
-        "gate": asdict(gate),
-        "primary": {
-            "metric": "completion rate",
-            "description": "share of assigned sessions that completed onboarding",
-            **asdict(primary),
-        },
-        "secondary": secondary,
-        "funnel": {v: _funnel(totals[v], reached[v], steps_by_variant[v]) for v in VARIANT_NAMES},
-        "dropout": {
+    report = Report(
+        verdict=analysis.decision.verdict,
+        reasons=analysis.decision.reasons,
+        control=CONTROL,
+        treatment=TREATMENT,
+        params=Params(
+            since=since.isoformat() if since else None,
+            until=until.isoformat() if until else None,
+            expected_split=split,
+            alpha=alpha,
+            confidence=confidence,
+            sequential=sequential,
+            min_sessions=stats.MIN_SESSIONS,
+            min_outcomes=stats.MIN_OUTCOMES,
+            srm_threshold=stats.SRM_THRESHOLD,
+        ),
+        sessions=SessionCounts(
+            analysed=assigned,
+            contaminated=excluded.get("contaminated", 0),
+            unassigned=excluded.get("unassigned", 0),
+            events=sum(t["events"] for t in totals.values()) + excluded_events,
+        ),
+        srm=analysis.srm,
+        gate=analysis.gate,
+        primary=PrimaryMetric(
+            metric="completion rate",
+            description="share of assigned sessions that completed onboarding",
+            result=analysis.primary,
+        ),
+        secondary=secondary,
+        funnel={v: _funnel(totals[v], reached[v], steps_by_variant[v]) for v in VARIANT_NAMES},
+        dropout={
             v: [
-                {
-                    "step": step,
-                    "sessions": n,
-                    "share_of_assigned": _share(n, assigned[v]),
-                    "share_of_abandoned": _share(n, totals[v]["abandoned"]),
-                }
+                Dropout(
+                    step=step,
+                    sessions=n,
+                    share_of_assigned=_share(n, assigned[v]),
+                    share_of_abandoned=_share(n, totals[v]["abandoned"]),
+                )
                 for step, n in sorted(abandoned_at[v].items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
             ]
             for v in VARIANT_NAMES
         },
-        "time_per_step": {
+        time_per_step={
             v: [
-                {k: row[k] for k in ("step", "sessions", "mean_ms", "mean_raw_ms", "median_ms", "p90_ms", "cap_ms")}
+                _pick(StepTime, row)
                 for row in aggregates["steps"]
                 if row["variant"] == v
             ]
             for v in VARIANT_NAMES
         },
-        "time_to_complete": {
-            "definition": "sum of a completed session's step times (metadata.time_spent_ms), "
+        time_to_complete=TimeToComplete(
+            definition="sum of a completed session's step times (metadata.time_spent_ms), "
             "mean capped at the pooled 99th percentile",
-            **{
-                v: {k: time_stats[v][k] for k in ("sessions", "mean_ms", "sd_ms", "mean_raw_ms", "median_ms", "p90_ms")}
-                if v in time_stats
-                else None
+            by_variant={
+                v: _pick(CompletionTime, time_stats[v]) if v in time_stats else None
                 for v in VARIANT_NAMES
             },
-            "welch": welch,
-        },
-    }
-    return _finite(report)
+            welch=welch,
+        ),
+    )
+    # JSON has no NaN: every consumer reads None instead.
+    return finite(report)
 
 
-def _finite(value: Any) -> Any:
-    """NaN and infinities become None: JSON has no such numbers."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def build_report(
+def analyse(
     since: datetime | None = None,
     until: datetime | None = None,
     *,
     expected_split: dict[str, float] | None = None,
     sequential: bool | None = None,
     alpha: float = stats.DEFAULT_ALPHA,
-) -> dict[str, Any]:
-    """The full report for events with ``since <= coalesce(event_time, timestamp) < until`` (JSON-ready dict)."""
+) -> Report:
+    """The typed report for events with ``since <= coalesce(event_time, timestamp) < until``."""
     if sequential is None:
         sequential = bool(getattr(settings, "AB_REPORT_SEQUENTIAL", False))
     return assemble(
@@ -441,3 +446,15 @@ def build_report(
         sequential=sequential,
         alpha=alpha,
     )
+
+
+def build_report(
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    expected_split: dict[str, float] | None = None,
+    sequential: bool | None = None,
+    alpha: float = stats.DEFAULT_ALPHA,
+) -> dict[str, Any]:
+    """The full report as the JSON API's document (see :func:`analyse` for the typed one)."""
+    return analyse(since, until, expected_split=expected_split, sequential=sequential, alpha=alpha).to_dict()

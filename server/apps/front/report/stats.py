@@ -24,6 +24,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import integrate, special
 from scipy import stats as sps
 
+from server.apps.front.report.formatting import HTML
+
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_ALPHA = 0.05
 SRM_THRESHOLD = 0.001
@@ -390,11 +392,11 @@ class Decision:
 
 
 def _pct(value: float) -> str:
-    return f"{value * 100:.1f}%"
+    return HTML.pct(value)
 
 
 def _points(value: float) -> str:
-    return f"{value * 100:+.1f} points"
+    return HTML.points(value, digits=1, unit=" points")
 
 
 def decide(
