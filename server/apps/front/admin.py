@@ -46,13 +46,13 @@ class ABEventAdmin(admin.ModelAdmin):
 
     @admin.display(description="Session")
     def session_id_short(self, obj: ABEvent) -> str:
-        """Укороченный ID сессии для отображения"""
+        """The session id shortened for the list view."""
         return obj.session_id[:8] + "..."
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        """Запрещаем создание через admin (только через API)"""
+        """Events are created through the API only, never in the admin."""
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: ABEvent | None = None) -> bool:
-        """Запрещаем изменение через admin (read-only)"""
+        """The admin is read-only: events are facts, never edited."""
         return False

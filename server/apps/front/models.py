@@ -14,9 +14,7 @@ User = get_user_model()
 
 
 class ABEvent(models.Model):
-    """
-    Событие A/B теста для аналитики
-    """
+    """One event of the A/B test, for analytics (the spec's model; its Russian help texts are user-facing)."""
 
     EVENT_TYPES = experiment.EVENT_TYPES
 

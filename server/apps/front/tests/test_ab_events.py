@@ -19,7 +19,7 @@ class ABEventTestCase(TestCase):
         self.user = User.objects.create_user(username="testuser", email="test@example.com", password="testpass123")
 
     def test_create_anonymous_event(self):
-        """Анонимный пользователь может отправить событие"""
+        """An anonymous user can send an event."""
         data = {
             "session_id": "test-session-123",
             "variant": "fast",
@@ -39,7 +39,7 @@ class ABEventTestCase(TestCase):
         self.assertIsNone(event.user)
 
     def test_create_authenticated_event(self):
-        """Авторизованный пользователь — event связан с user"""
+        """An authenticated user's event is linked to that user."""
         self.client.force_authenticate(user=self.user)
 
         data = {
@@ -57,7 +57,7 @@ class ABEventTestCase(TestCase):
         self.assertEqual(event.user, self.user)
 
     def test_invalid_variant(self):
-        """Невалидный вариант отклоняется"""
+        """An invalid variant is rejected."""
         data = {
             "session_id": "test-session-789",
             "variant": "invalid",
@@ -71,7 +71,7 @@ class ABEventTestCase(TestCase):
         self.assertFalse(response.data["success"])
 
     def test_step_completed_with_metadata(self):
-        """Событие с метаданными сохраняется правильно"""
+        """An event with metadata is stored as sent."""
         data = {
             "session_id": "test-session-abc",
             "variant": "fast",
