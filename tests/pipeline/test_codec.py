@@ -24,32 +24,18 @@ def test_an_item_decodes_to_the_column_values_it_was_encoded_from() -> None:
     event_id = uuid.uuid4()
     client_ts = RECEIVED - timedelta(seconds=3, microseconds=7)
     event_time = RECEIVED - timedelta(seconds=2)
-    item = queue.encode_event(
-        {
-            "event_id": event_id,
-            "session_id": "s-1",
-            "variant": "deep",
-            "event_type": "step_completed",
-            "step_number": 3,
-            "metadata": {"k": [1, 2]},
-            "client_ts": client_ts,
-        },
-        user_id=42,
-        received_at=RECEIVED,
-        event_time=event_time,
-    )
-    assert queue.event_fields(queue.decode_event(item)) == {
+    sent = {
         "event_id": event_id,
         "session_id": "s-1",
         "variant": "deep",
         "event_type": "step_completed",
         "step_number": 3,
         "metadata": {"k": [1, 2]},
-        "timestamp": RECEIVED,
-        "user_id": 42,
         "client_ts": client_ts,
-        "event_time": event_time,
     }
+    item = queue.encode_event(sent, user_id=42, received_at=RECEIVED, event_time=event_time)
+    expected = {**sent, "timestamp": RECEIVED, "user_id": 42, "event_time": event_time}
+    assert queue.event_fields(queue.decode_event(item)) == expected
     assert queue.event_id_of(item) == str(event_id)
     assert queue.received_micros(item) == queue.to_micros(RECEIVED)
 

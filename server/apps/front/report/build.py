@@ -448,13 +448,6 @@ def analyse(
     )
 
 
-def build_report(
-    since: datetime | None = None,
-    until: datetime | None = None,
-    *,
-    expected_split: dict[str, float] | None = None,
-    sequential: bool | None = None,
-    alpha: float = stats.DEFAULT_ALPHA,
-) -> dict[str, Any]:
-    """The full report as the JSON API's document (see :func:`analyse` for the typed one)."""
-    return analyse(since, until, expected_split=expected_split, sequential=sequential, alpha=alpha).to_dict()
+def build_report(since: datetime | None = None, until: datetime | None = None, **options: Any) -> dict[str, Any]:
+    """The full report as the JSON API's document; the options are :func:`analyse`'s."""
+    return analyse(since, until, **options).to_dict()

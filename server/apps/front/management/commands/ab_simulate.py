@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from server.apps.front import experiment
+from server.apps.front import experiment as ex
 from server.apps.front.ingest import simulator
 from server.apps.front.pipeline import queue, writer
 
@@ -17,39 +18,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--sessions", type=int, default=20_000)
-        parser.add_argument(
+        rate = functools.partial(parser.add_argument, type=float)
+        rate(
             "--deep-lift",
-            type=float,
-            default=experiment.SIMULATED_TREATMENT_LIFT,
+            default=ex.SIMULATED_TREATMENT_LIFT,
             help="absolute change in deep's completion probability (0.03 = +3 percentage points)",
         )
-        parser.add_argument(
-            "--fast-completion",
-            type=float,
-            default=experiment.SIMULATED_CONTROL_COMPLETION,
-            help="fast's completion probability",
-        )
+        rate("--fast-completion", default=ex.SIMULATED_CONTROL_COMPLETION, help="fast's completion probability")
         parser.add_argument(
             "--split", default=None, help="true assignment split, e.g. fast=0.55,deep=0.45 (default AB_EXPECTED_SPLIT)"
         )
-        parser.add_argument(
-            "--contamination",
-            type=float,
-            default=experiment.SIMULATED_CONTAMINATION,
-            help="share of sessions that switch variant",
-        )
-        parser.add_argument(
-            "--duplicates",
-            type=float,
-            default=experiment.SIMULATED_DUPLICATES,
-            help="share of events the client sends twice",
-        )
-        parser.add_argument(
-            "--abandon-report-rate",
-            type=float,
-            default=experiment.SIMULATED_ABANDON_REPORT_RATE,
-            help="drop-outs that send abandoned",
-        )
+        rate("--contamination", default=ex.SIMULATED_CONTAMINATION, help="share of sessions that switch variant")
+        rate("--duplicates", default=ex.SIMULATED_DUPLICATES, help="share of events the client sends twice")
+        rate("--abandon-report-rate", default=ex.SIMULATED_ABANDON_REPORT_RATE, help="drop-outs that send abandoned")
         parser.add_argument("--seed", type=int, default=None)
         parser.add_argument("--batch-size", type=int, default=2000, help="events per push")
         parser.add_argument("--drain", action="store_true", help="write the queue into PostgreSQL now (no worker)")
