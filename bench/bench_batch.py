@@ -2,7 +2,7 @@
 
 Starts gunicorn (deploy/gunicorn.conf.py, sync workers) on a free loopback
 port against the local services (DATABASE_URL / REDIS_URL from the
-environment, else the embedded ones from server/embedded.py), with its own
+environment, else the embedded ones from devtools/embedded.py), with its own
 queue key prefix so nothing else drains or sees its events. Then, for each
 mode, a threaded keep-nothing HTTP client posts a fixed number of requests
 and the wall time gives events/s; modes are interleaved over several rounds

@@ -9,9 +9,9 @@ both variants, log-normal step times, drop-outs with and without an
 ``onboarding_abandoned`` event, 1% double-fired events) and kept for later
 runs while the row count matches. After ``VACUUM ANALYZE`` each run times:
 
-* ``report``: ``report.build_report()``, what the API, the admin page and
+* ``report``: ``report.build.build_report()``, what the API, the admin page and
   ``ab_report`` call (the SQL plus the statistics);
-* ``sql``: ``report.fetch_aggregates()`` alone;
+* ``sql``: ``report.build.fetch_aggregates()`` alone;
 * ``report_7_days``: ``build_report`` with a ``since``/``until`` range
   covering half of the events.
 """

@@ -1,4 +1,4 @@
-"""Tests for server/embedded.py: real PostgreSQL / Redis from pip wheels.
+"""Tests for devtools/embedded.py: real PostgreSQL / Redis from pip wheels.
 
 Self-contained: no Django, no DB fixtures. Every server runs in a tmp dir on
 a ``free_port()`` so these tests never touch a developer's ``make run``
