@@ -56,6 +56,16 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The field that counts an item's claims in the attempts hash: its event id
+-- when that is a string, else a digest of the item itself. Never an error,
+-- whatever the item is (a table or boolean id would make HINCRBY fail the
+-- whole script, and with it every drain), and every item gets counted, so
+-- the writer, not the reaper, gives a malformed one its true reason.
+local function attempt_key(item)
+  local ok, ev = pcall(cjson.decode, item)
+  if ok and type(ev) == 'table' and type(ev['id']) == 'string' then return ev['id'] end
+  return 'sha1:' .. redis.sha1hex(item)
+end
 """ % _LUA_CHUNK
 
 # KEYS: queue. ARGV: cap, item...
@@ -87,8 +97,7 @@ return items
 _ACK = _LUA_HELPERS + """
 if redis.call('HLEN', KEYS[4]) > 0 then
   for _, item in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-    local ok, ev = pcall(cjson.decode, item)
-    if ok and type(ev) == 'table' and ev['id'] then redis.call('HDEL', KEYS[4], ev['id']) end
+    redis.call('HDEL', KEYS[4], attempt_key(item))
   end
 end
 redis.call('DEL', KEYS[2])
@@ -121,13 +130,10 @@ local items = redis.call('LRANGE', KEYS[3], 0, -1)
 local max_attempts = tonumber(ARGV[1])
 local back, dead = {}, {}
 for _, item in ipairs(items) do
-  local ok, ev = pcall(cjson.decode, item)
-  local attempts = max_attempts
-  if ok and type(ev) == 'table' and ev['id'] then
-    attempts = redis.call('HINCRBY', KEYS[4], ev['id'], 1)
-  end
+  local key = attempt_key(item)
+  local attempts = redis.call('HINCRBY', KEYS[4], key, 1)
   if attempts >= max_attempts then
-    if ok and type(ev) == 'table' and ev['id'] then redis.call('HDEL', KEYS[4], ev['id']) end
+    redis.call('HDEL', KEYS[4], key)
     dead[#dead + 1] = cjson.encode({event = item, error = 'claimed ' .. attempts ..
       ' times without being written (its worker died each time)', at = now_ms()})
   else

@@ -8,9 +8,13 @@ twice stores each event once.
 
 Two kinds of failure are told apart:
 
-* the *data* is bad (a row PostgreSQL refuses): the batch is bisected under
-  savepoints until the bad events are isolated; they go to the dead-letter
-  list with the error and their batch-mates land;
+* the *data* is bad: an item that cannot be decoded or built into a row (any
+  exception, e.g. bad JSON, a missing key, a wrong type, a time outside the
+  years 1-9999) is dead-lettered alone with its reason before the write; a
+  row PostgreSQL (or the driver) refuses makes the batch bisect under
+  savepoints until the bad events are isolated. Either way they go to the
+  dead-letter list with the error and their batch-mates land in the same
+  drain;
 * the *database* is unavailable (connection refused, timeout): nothing is
   split or dropped; the batch goes back to the head of the queue and the
   drain stops until the next beat.
@@ -23,8 +27,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 from django.db.models.base import ModelState
@@ -38,24 +44,81 @@ log = logging.getLogger(__name__)
 # Errors that belong to a row, not to the database as a whole.
 DATA_ERRORS = (DataError, IntegrityError)
 
+# Never blamed on an event, though they are ``Exception``s: they say
+# something about the process (Celery's soft time limit under a prefork pool,
+# memory), so they propagate and the batch stays leased for another try.
+NOT_THE_EVENT = (SoftTimeLimitExceeded, MemoryError)
+
+
+def _reason(exc: BaseException) -> str:
+    """A dead letter's reason: the exception's class and message."""
+    return f"{type(exc).__name__}: {exc}".strip()
+
 
 def event_from_payload(payload: dict[str, Any]) -> ABEvent:
-    """Build the (unsaved) row for one queued event; raises on a malformed payload."""
+    """Build the (unsaved) row for one queued event; raises on a malformed payload.
+
+    Every field is checked for its JSON type here, because a wrong type would
+    otherwise fail later and further from its cause (psycopg2 refuses a dict
+    or a NUL character outside the statement, so not as a row error) or, worse,
+    be coerced silently (PostgreSQL rounds ``1.5`` into an integer column).
+    A time outside the years 1-9999 raises OverflowError naming its field.
+    """
     return _new_row(
         {
-            "event_id": uuid.UUID(payload["id"]),
-            "session_id": payload["s"],
-            "variant": payload["v"],
-            "event_type": payload["e"],
-            "step_number": payload.get("n"),
-            "metadata": payload.get("m") or {},
-            "timestamp": queue.from_micros(int(payload["t"])),
-            "user_id": payload.get("u"),
+            "event_id": uuid.UUID(_text(payload, "id")),
+            "session_id": _text(payload, "s"),
+            "variant": _text(payload, "v"),
+            "event_type": _text(payload, "e"),
+            "step_number": _optional_int(payload, "n"),
+            "metadata": _metadata(payload),
+            "timestamp": _moment("t", payload["t"]),
+            "user_id": _optional_int(payload, "u"),
             # Optional (items queued before these existed have neither).
-            "client_ts": queue.from_micros(int(payload["c"])) if payload.get("c") is not None else None,
-            "event_time": queue.from_micros(int(payload["w"])) if payload.get("w") is not None else None,
+            "client_ts": _optional_moment(payload, "c"),
+            "event_time": _optional_moment(payload, "w"),
         }
     )
+
+
+def _text(payload: dict[str, Any], key: str) -> str:
+    value = payload[key]
+    if type(value) is not str:
+        raise TypeError(f"{key!r} must be a string, not {type(value).__name__}")
+    if "\x00" in value:
+        raise ValueError(f"{key!r} contains a NUL character, which PostgreSQL text cannot hold")
+    return value
+
+
+def _optional_int(payload: dict[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    # ``type() is int``: a JSON true/false is a Python bool, an int subclass.
+    if value is not None and type(value) is not int:
+        raise TypeError(f"{key!r} must be an integer or null, not {type(value).__name__}")
+    return value
+
+
+def _metadata(payload: dict[str, Any]) -> dict[str, Any]:
+    value = payload.get("m")
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise TypeError(f"'m' must be an object or null, not {type(value).__name__}")
+    return value
+
+
+def _moment(key: str, value: Any) -> datetime:
+    if type(value) is not int:
+        raise TypeError(f"{key!r} must be integer epoch microseconds, not {type(value).__name__}")
+    try:
+        return queue.from_micros(value)
+    except OverflowError as exc:
+        raise OverflowError(f"{key!r}={value} microseconds is outside the years 1-9999 ({exc})") from None
+
+
+def _optional_moment(payload: dict[str, Any], key: str) -> datetime | None:
+    value = payload.get(key)
+    return None if value is None else _moment(key, value)
 
 
 def _new_row(values: dict[str, Any]) -> ABEvent:
@@ -91,29 +154,44 @@ class BatchResult:
 
 
 def _insert(rows: list[tuple[bytes, ABEvent]], dead: list[bytes]) -> int:
-    """Insert rows under a savepoint; bisect on data errors. Returns rows written."""
+    """Insert rows under a savepoint; bisect on row errors. Returns rows written."""
     try:
         with transaction.atomic():
             ABEvent.objects.bulk_create([row for _, row in rows], ignore_conflicts=True)
         return len(rows)
-    except DATA_ERRORS as exc:
-        if len(rows) == 1:
-            item = rows[0][0]
-            dead.append(queue.dead_entry(item, f"{type(exc).__name__}: {exc}".strip()))
-            return 0
-        middle = len(rows) // 2
-        return _insert(rows[:middle], dead) + _insert(rows[middle:], dead)
+    except DatabaseError as exc:
+        if not isinstance(exc, DATA_ERRORS):
+            raise  # the database, not a row: the caller hands the batch back
+        error: Exception = exc
+    except NOT_THE_EVENT:
+        raise
+    except Exception as exc:
+        # Anything else was raised in this process while the driver adapted a
+        # row's values, before the statement reached the server (a nesting too
+        # deep for the JSON encoder, a value psycopg2 refuses): a row error.
+        error = exc
+    if len(rows) == 1:
+        dead.append(queue.dead_entry(rows[0][0], _reason(error)))
+        return 0
+    middle = len(rows) // 2
+    return _insert(rows[:middle], dead) + _insert(rows[middle:], dead)
 
 
 def write_items(items: list[bytes]) -> BatchResult:
-    """Write queued items in one transaction. Raises DatabaseError if the database fails."""
+    """Write queued items in one transaction. Raises DatabaseError if the database fails.
+
+    An item that cannot be decoded or built into a row, for whatever reason,
+    is dead-lettered alone with that reason; it never fails the batch.
+    """
     result = BatchResult(claimed=len(items))
     rows: list[tuple[bytes, ABEvent]] = []
     for item in items:
         try:
             rows.append((item, event_from_payload(queue.decode_event(item))))
-        except (ValueError, KeyError, TypeError) as exc:
-            result.dead.append(queue.dead_entry(item, f"undecodable: {exc}"))
+        except NOT_THE_EVENT:
+            raise
+        except Exception as exc:
+            result.dead.append(queue.dead_entry(item, f"undecodable: {_reason(exc)}"))
     if rows:
         with transaction.atomic():
             # Django makes foreign keys DEFERRABLE INITIALLY DEFERRED, which
