@@ -7,6 +7,7 @@ with the development ``SECRET_KEY``, because both leak data.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -281,10 +282,30 @@ AB_REPORT_SEQUENTIAL = env_bool("AB_REPORT_SEQUENTIAL", False)
 
 # --- operations (docs/operations.md) -------------------------------------------
 
-# GET /metrics is served to these client addresses/networks (REMOTE_ADDR), or
-# to anyone sending "Authorization: Bearer $METRICS_TOKEN" when that is set.
-METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+# GET /metrics is served to a request with "Authorization: Bearer $METRICS_TOKEN",
+# or to a direct request (no proxy's forwarding headers, ops_views.is_proxied)
+# from these addresses/networks (REMOTE_ADDR). Loopback is allowed by default
+# only in development: in production gunicorn sits behind a local reverse
+# proxy, so every request from the internet arrives from 127.0.0.1.
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "" if IS_PRODUCTION else "127.0.0.1,::1")
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_TOKEN_MIN_LENGTH = 24
+for _network in METRICS_ALLOWED_IPS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {_network!r} is not an address or network") from exc
+if IS_PRODUCTION:
+    # Refuse to start rather than serve an unguarded or unreachable /metrics:
+    # the operator decides who scrapes (docs/operations.md, "Who may scrape").
+    if not METRICS_TOKEN and not METRICS_ALLOWED_IPS:
+        raise ImproperlyConfigured(
+            "Set METRICS_TOKEN (or METRICS_ALLOWED_IPS for direct scrapes) when ABFLOW_ENV=production"
+        )
+    if METRICS_TOKEN and len(METRICS_TOKEN) < METRICS_TOKEN_MIN_LENGTH:
+        raise ImproperlyConfigured(
+            f"METRICS_TOKEN must be {METRICS_TOKEN_MIN_LENGTH}+ characters when ABFLOW_ENV=production"
+        )
 # Rejected requests are logged per class (reason, field) with a count, at most
 # once per this many seconds per process, never one line per event.
 AB_REJECTION_LOG_INTERVAL = env_float("AB_REJECTION_LOG_INTERVAL", 60.0, minimum=0.0)

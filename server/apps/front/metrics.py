@@ -27,8 +27,6 @@ Without the variable, the default in-process registry is used.
 from __future__ import annotations
 
 import atexit
-import hmac
-import ipaddress
 import logging
 import os
 import threading
@@ -163,35 +161,6 @@ def mark_process_dead(pid: int) -> None:
     """For gunicorn's ``child_exit`` hook in multiprocess mode (drops the dead worker's live gauges)."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)
-
-
-# --- access control ----------------------------------------------------------------
-
-
-@lru_cache(maxsize=8)
-def _networks(allowed: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(item, strict=False) for item in allowed)
-
-
-def scrape_allowed(request: HttpRequest) -> bool:
-    """A bearer token equal to METRICS_TOKEN, or a client address in METRICS_ALLOWED_IPS.
-
-    The address is REMOTE_ADDR, the peer of gunicorn: behind a reverse proxy
-    that is the proxy, so use the token there (X-Forwarded-For is not trusted,
-    a client could forge it).
-    """
-    token = settings.METRICS_TOKEN
-    if token:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
-            return True
-    try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in _networks(tuple(settings.METRICS_ALLOWED_IPS)))
 
 
 # --- request latency -----------------------------------------------------------------
