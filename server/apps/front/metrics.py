@@ -66,6 +66,11 @@ EVENTS_STORED = Counter("abflow_events_stored", "Events written to ab_events by 
 EVENTS_DEAD_LETTERED = Counter(
     "abflow_events_dead_lettered", "Events moved to the dead-letter list (bad data, or their worker kept dying)."
 )
+EVENT_ID_CONFLICTS = Counter(
+    "abflow_event_id_conflicts",
+    "Events dead-lettered because their event_id is already stored for a different event "
+    "(another session or payload; a redelivery of the same event is not counted).",
+)
 DRAIN_RUNS = Counter(
     "abflow_drain_runs", "Drain runs, by outcome: ok, or db_error (batch returned to the queue).", ["outcome"]
 )
@@ -265,9 +270,12 @@ def record_invalid(errors: Any) -> None:
 # --- drains ----------------------------------------------------------------------------
 
 
-def observe_drain(*, stored: int, dead_lettered: int, seconds: float, error: str | None) -> None:
+def observe_drain(
+    *, stored: int, dead_lettered: int, seconds: float, error: str | None, conflicts: int = 0
+) -> None:
     """One drain run's counters (called by writer.drain, in the worker process)."""
     EVENTS_STORED.inc(stored)
     EVENTS_DEAD_LETTERED.inc(dead_lettered)
+    EVENT_ID_CONFLICTS.inc(conflicts)
     DRAIN_DURATION.observe(seconds)
     DRAIN_RUNS.labels("db_error" if error else "ok").inc()

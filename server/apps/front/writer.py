@@ -4,7 +4,11 @@ A claimed batch is written with one ``bulk_create`` in one transaction and
 acknowledged in Redis only after the commit, so a crash anywhere leaves the
 batch in flight, and the reaper gives it to the next drain. Writes are
 idempotent (unique ``event_id`` + ``ignore_conflicts``), so a batch written
-twice stores each event once.
+twice stores each event once. The key is global: an event_id already stored
+for a *different* event (another session, another payload: a client reusing
+ids) is not a redelivery but a conflict, counted
+(``abflow_event_id_conflicts_total``) and dead-lettered, never dropped
+silently.
 
 Two kinds of failure are told apart:
 
@@ -151,14 +155,86 @@ class BatchResult:
     claimed: int = 0
     stored: int = 0
     dead: list[bytes] = field(default_factory=list)
+    # Of ``dead``: events whose event_id is stored for a different event.
+    conflicts: int = 0
 
 
-def _insert(rows: list[tuple[bytes, ABEvent]], dead: list[bytes]) -> int:
-    """Insert rows under a savepoint; bisect on row errors. Returns rows written."""
+class _RowCount:
+    """An execute wrapper that adds up the rows the statements really wrote.
+
+    ``ON CONFLICT DO NOTHING`` skips a row whose event_id is already stored
+    without a word; the cursor's rowcount is the only trace, and reading it
+    costs nothing.
+    """
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        outcome = execute(sql, params, many, context)
+        self.rows += max(context["cursor"].rowcount, 0)
+        return outcome
+
+
+# What makes a queued event the same event as a stored one (a redelivery:
+# a client retry, a batch written again after a crash). Not the receive
+# time or the corrected time (a retry is received again, later), nor the
+# user (a retry may be the first request that could resolve it).
+SAME_EVENT_FIELDS = ("session_id", "variant", "event_type", "step_number", "metadata", "client_ts")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values; numbers by value, since jsonb gives ``1.5e300`` back as an int."""
+    if type(a) is dict and type(b) is dict:
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    if type(a) is list and type(b) is list:
+        return len(a) == len(b) and all(map(_same, a, b))
+    if type(a) is float or type(b) is float:
+        return type(a) in (int, float) and type(b) in (int, float) and float(a) == float(b)
+    return type(a) is type(b) and a == b
+
+
+def _conflicts(rows: list[tuple[bytes, ABEvent]]) -> list[tuple[bytes, str]]:
+    """The rows an insert skipped because their event_id is stored for a *different* event.
+
+    Only called when the insert wrote fewer rows than it was given, so a batch
+    of new events never pays for it.
+    """
+    stored = {
+        values[0]: values[1:]
+        for values in ABEvent.objects.filter(event_id__in=[row.event_id for _, row in rows])
+        .order_by()
+        .values_list("event_id", *SAME_EVENT_FIELDS)
+    }
+    found = []
+    for item, row in rows:
+        existing = stored.get(row.event_id)
+        if existing is None:
+            continue  # deleted meanwhile (retention): nothing to clash with
+        differing = [
+            name for name, old in zip(SAME_EVENT_FIELDS, existing, strict=True) if not _same(old, getattr(row, name))
+        ]
+        if differing:
+            found.append(
+                (
+                    item,
+                    f"event_id conflict: {row.event_id} is already stored for another event "
+                    f"(session_id {existing[0]!r}; differs in {', '.join(differing)}); this event was not stored",
+                )
+            )
+    return found
+
+
+def _insert(rows: list[tuple[bytes, ABEvent]], result: BatchResult) -> int:
+    """Insert rows under a savepoint; bisect on row errors. Returns rows stored.
+
+    Rows refused, and rows whose event_id belongs to another stored event,
+    go to ``result.dead``; a redelivered event counts as stored (it is).
+    """
+    written = _RowCount()
     try:
-        with transaction.atomic():
+        with transaction.atomic(), connection.execute_wrapper(written):
             ABEvent.objects.bulk_create([row for _, row in rows], ignore_conflicts=True)
-        return len(rows)
     except DatabaseError as exc:
         if not isinstance(exc, DATA_ERRORS):
             raise  # the database, not a row: the caller hands the batch back
@@ -170,11 +246,18 @@ def _insert(rows: list[tuple[bytes, ABEvent]], dead: list[bytes]) -> int:
         # row's values, before the statement reached the server (a nesting too
         # deep for the JSON encoder, a value psycopg2 refuses): a row error.
         error = exc
+    else:
+        if written.rows >= len(rows):
+            return len(rows)
+        clashes = _conflicts(rows)
+        result.dead.extend(queue.dead_entry(item, reason) for item, reason in clashes)
+        result.conflicts += len(clashes)
+        return len(rows) - len(clashes)
     if len(rows) == 1:
-        dead.append(queue.dead_entry(rows[0][0], _reason(error)))
+        result.dead.append(queue.dead_entry(rows[0][0], _reason(error)))
         return 0
     middle = len(rows) // 2
-    return _insert(rows[:middle], dead) + _insert(rows[middle:], dead)
+    return _insert(rows[:middle], result) + _insert(rows[middle:], result)
 
 
 def write_items(items: list[bytes]) -> BatchResult:
@@ -198,7 +281,7 @@ def write_items(items: list[bytes]) -> BatchResult:
             # would report a missing user at COMMIT, too late to bisect.
             with connection.cursor() as cursor:
                 cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            result.stored = _insert(rows, result.dead)
+            result.stored = _insert(rows, result)
     return result
 
 
@@ -234,6 +317,7 @@ class DrainResult:
     claimed: int = 0
     stored: int = 0
     dead_lettered: int = 0
+    conflicts: int = 0
     requeued: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -280,10 +364,15 @@ def drain(batch_size: int | None = None, budget: float | None = None) -> DrainRe
         result.claimed += batch.claimed
         result.stored += batch.stored
         result.dead_lettered += len(batch.dead)
+        result.conflicts += batch.conflicts
         metrics.DRAIN_BATCH_SIZE.observe(batch.claimed)
     result.seconds = round(time.monotonic() - started, 4)
     metrics.observe_drain(
-        stored=result.stored, dead_lettered=result.dead_lettered, seconds=result.seconds, error=result.error
+        stored=result.stored,
+        dead_lettered=result.dead_lettered,
+        conflicts=result.conflicts,
+        seconds=result.seconds,
+        error=result.error,
     )
     if result.error is None:
         # What the "writer stalled" alert and `ab_queue` read.
