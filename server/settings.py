@@ -213,6 +213,12 @@ AB_BATCH_SIZE = env_int("AB_BATCH_SIZE", 2000, minimum=1)
 AB_DRAIN_BUDGET = env_float("AB_DRAIN_BUDGET", 20.0, minimum=0.1)
 # A claimed batch whose worker died returns to the queue after this long.
 AB_LEASE_SECONDS = env_int("AB_LEASE_SECONDS", 60, minimum=1)
+# Seconds one statement of the writer may run (PostgreSQL statement_timeout,
+# set per batch transaction; 0 = no bound). The solo worker enforces no Celery
+# time limit, so this is what frees a worker stuck behind a lock or a hung
+# server: the batch goes back to the queue like in an outage. Keep it below
+# AB_LEASE_SECONDS; a normal batch takes well under a second.
+AB_WRITER_STATEMENT_TIMEOUT = env_float("AB_WRITER_STATEMENT_TIMEOUT", 30.0, minimum=0.0)
 # A batch reclaimed this many times (its worker keeps dying on it) goes to the
 # dead-letter list instead of crashing workers forever.
 AB_MAX_ATTEMPTS = env_int("AB_MAX_ATTEMPTS", 5, minimum=1)

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from io import StringIO
 
 import orjson
+import psycopg2
 import pytest
 from django.core.management import call_command
 from django.db import connection
@@ -160,3 +162,42 @@ def test_push_and_claim_move_large_batches_past_the_lua_stack_limit(rq):
     assert batch is not None and len(batch.items) == 10_000
     queue.ack(batch)
     assert queue.stats().depth == 2_000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_hung_on_a_lock_times_out_and_the_batch_waits_in_redis_until_the_lock_is_gone(rq, settings):
+    # The solo worker enforces no Celery time limit; the writer's own
+    # statement_timeout must end a write stuck behind another session's lock.
+    settings.AB_WRITER_STATEMENT_TIMEOUT = 0.5
+    items = [item(s=f"s-{i}") for i in range(25)]
+    queue.push(items)
+    db = connection.settings_dict
+    locker = psycopg2.connect(
+        dbname=db["NAME"], user=db["USER"], host=db["HOST"], port=db["PORT"], password=db["PASSWORD"] or None
+    )
+    # A safety valve so that a writer without the timeout fails this test instead of hanging it.
+    valve = threading.Timer(8.0, locker.rollback)
+    try:
+        locker.cursor().execute("LOCK TABLE ab_events IN ACCESS EXCLUSIVE MODE")
+        valve.start()
+        started = time.monotonic()
+        result = writer.drain(batch_size=10)
+        elapsed = time.monotonic() - started
+    finally:
+        valve.cancel()
+        locker.rollback()
+        locker.close()
+
+    assert elapsed < 5
+    assert result.stored == 0
+    assert result.error and "statement timeout" in result.error
+    stats = queue.stats()
+    assert (stats.depth, stats.inflight, stats.dead) == (25, 0, 0)  # handed back whole, nothing dead-lettered
+    assert rq.lrange(queue.keys().queue, 0, -1) == items
+    with connection.cursor() as cursor:  # SET LOCAL: the bound ends with the writer's transaction
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == "0"
+
+    result = writer.drain(batch_size=10)  # the lock is gone
+    assert (result.error, result.stored) == (None, 25)
+    assert ABEvent.objects.count() == 25

@@ -19,9 +19,10 @@ Two kinds of failure are told apart:
   savepoints until the bad events are isolated. Either way they go to the
   dead-letter list with the error and their batch-mates land in the same
   drain;
-* the *database* is unavailable (connection refused, timeout): nothing is
-  split or dropped; the batch goes back to the head of the queue and the
-  drain stops until the next beat.
+* the *database* is unavailable (connection refused, timeout, a statement
+  running past AB_WRITER_STATEMENT_TIMEOUT): nothing is split or dropped; the
+  batch goes back to the head of the queue and the drain stops until the
+  next beat.
 """
 
 from __future__ import annotations
@@ -260,6 +261,11 @@ def _insert(rows: list[tuple[bytes, ABEvent]], result: BatchResult) -> int:
     return _insert(rows[:middle], result) + _insert(rows[middle:], result)
 
 
+def _statement_timeout_ms() -> int:
+    seconds = settings.AB_WRITER_STATEMENT_TIMEOUT
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0  # 0: PostgreSQL's "no bound"
+
+
 def write_items(items: list[bytes]) -> BatchResult:
     """Write queued items in one transaction. Raises DatabaseError if the database fails.
 
@@ -277,10 +283,17 @@ def write_items(items: list[bytes]) -> BatchResult:
             result.dead.append(queue.dead_entry(item, f"undecodable: {_reason(exc)}"))
     if rows:
         with transaction.atomic():
-            # Django makes foreign keys DEFERRABLE INITIALLY DEFERRED, which
-            # would report a missing user at COMMIT, too late to bisect.
             with connection.cursor() as cursor:
-                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                # Django makes foreign keys DEFERRABLE INITIALLY DEFERRED, which
+                # would report a missing user at COMMIT, too late to bisect.
+                # statement_timeout: a statement stuck behind a lock or on a
+                # hung server raises (QueryCanceled, an OperationalError), so
+                # the batch is handed back like in an outage and the worker
+                # moves on; LOCAL ends with this transaction. One round trip.
+                cursor.execute(
+                    "SET CONSTRAINTS ALL IMMEDIATE; SET LOCAL statement_timeout = %s",
+                    [_statement_timeout_ms()],
+                )
             result.stored = _insert(rows, result)
     return result
 
