@@ -42,12 +42,17 @@ PAGE = """<!doctype html>
     return ok;
   }};
   window.errors = [];
-  window.ab = ABTrack.init({{
+  var options = {{
     endpoint: '{api}/api/rest/front/ab-events/',
     sessionId: '{session}', variant: 'fast',
     flushInterval: 600000,  // the test decides when fetch sends; the rest waits for pagehide
     onError: function (kind, detail) {{ window.errors.push([kind, detail]); }}
-  }});
+  }};
+  // As for a user with a Django session: headers rule out sendBeacon, so keepalive fetch carries the unload.
+  if (location.search.indexOf('csrf') >= 0) {{
+    options.headers = function () {{ return {{'X-CSRFToken': 'none-needed'}}; }};
+  }}
+  window.ab = ABTrack.init(options);
 </script>
 </body></html>
 """
@@ -206,3 +211,70 @@ def test_events_the_browser_refuses_at_unload_are_sent_by_the_next_page_load(bro
     drain()
     stored = ABEvent.objects.filter(session_id=session).values_list("event_id", flat=True)
     assert sorted(str(e) for e in stored) == sorted(ids)
+
+
+def drain_until(session: str, expected: int, timeout: float = 20.0) -> int:
+    """Drains until ``expected`` rows of ``session`` are stored (or the time is up), then once more after a pause."""
+    deadline = time.monotonic() + timeout
+    rows = ABEvent.objects.filter(session_id=session)
+    while rows.count() < expected and time.monotonic() < deadline:
+        drain()
+        time.sleep(0.1)
+    time.sleep(0.5)  # late duplicates, if any, would land now
+    drain()
+    return rows.count()
+
+
+PADDED = """(n) => Array.from({length: n}, (_, i) =>
+  ab.track('step_completed', {step_number: i % 10, metadata: {pad: 'x'.repeat(1000)}}))"""
+
+
+@pytest.mark.parametrize("transport", ["keepalive_fetch", "beacon"])
+def test_a_queue_over_the_keepalive_budget_at_unload_lands_whole_after_the_next_load(browser_page, transport):
+    # 300 events of ~1.1 KB: five times the browser's 64 KiB keepalive budget.
+    page, server, session = browser_page
+    query = "?csrf=1" if transport == "keepalive_fetch" else ""
+    page.goto(f"{server.origin}/index.html{query}")
+    page.wait_for_function("window.ab !== undefined")
+    ids = page.evaluate(PADDED, 300)
+    assert len(set(ids)) == 300
+    page.goto(f"{server.origin}/bye.html")  # pagehide: what fits goes now, the rest waits in localStorage
+
+    page.goto(f"{server.origin}/index.html{query}")  # the next load sends what the browser did not accept
+    page.wait_for_function("window.ab !== undefined && ab.pending() === 0", timeout=30_000)
+    assert page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('abtrack:pending:')).length") == 0
+
+    assert drain_until(session, 300) == 300
+    stored = ABEvent.objects.filter(session_id=session).values_list("event_id", flat=True)
+    assert sorted(str(e) for e in stored) == sorted(ids)
+
+
+SAVED = """() => Object.keys(localStorage).filter(k => k.startsWith('abtrack:pending:'))
+  .map(k => JSON.parse(localStorage.getItem(k)).length)"""
+
+
+def test_at_pagehide_keepalive_fetches_stay_within_the_budget_and_saved_events_go_once_accepted(browser_page):
+    page, server, session = browser_page
+    page.goto(f"{server.origin}/index.html?csrf=1")
+    page.wait_for_function("window.ab !== undefined")
+    page.evaluate("() => { ab.opts.maxBatchEvents = 1000; }")  # nothing leaves while tracking
+    ids = page.evaluate(PADDED, 300)
+    # pagehide without leaving (as into the back/forward cache): the page lives on and sees every answer.
+    page.evaluate("() => window.dispatchEvent(new PageTransitionEvent('pagehide'))")
+    in_flight = page.evaluate(
+        "() => ({bytes: ab.keepaliveBytes, requests: ab.requests.length, queued: ab.queue.length})"
+    )
+    assert 0 < in_flight["bytes"] <= 65536
+    assert in_flight["requests"] >= 1 and in_flight["queued"] > 0
+    assert page.evaluate(SAVED) == [300]  # unanswered ones included
+
+    page.wait_for_function("ab.requests.length === 0")
+    assert page.evaluate("() => window.errors.map(e => e[0])") == []  # no keepalive fetch was refused
+    assert page.evaluate(SAVED) == [300 - wait_for_depth(1)]  # answered ones left storage, the rest stays
+    page.evaluate("() => ab.flush()")
+    assert page.evaluate("() => ab.pending()") == 0
+    assert page.evaluate(SAVED) == []
+    assert drain_until(session, 300) == 300
+    assert sorted(str(e) for e in ABEvent.objects.filter(session_id=session).values_list("event_id", flat=True)) == (
+        sorted(ids)
+    )

@@ -9,10 +9,13 @@
  * Delivery: events wait in memory and go out in batches (fetch, keepalive)
  * every `flushInterval` ms. Each event carries an `event_id` made here, so a
  * retry after a 503, a 429 or a network error resends the same ids and the
- * server stores each event once. When the page is hidden or left
- * (visibilitychange/pagehide) whatever is still queued goes out with
- * navigator.sendBeacon (text/plain: no CORS preflight); what the browser
- * will not take then is kept in localStorage and sent by the next page load.
+ * server stores each event once. An event is forgotten only once the server
+ * answered its request (or the browser took its beacon). When the page is
+ * hidden or left (visibilitychange/pagehide) whatever is still queued goes
+ * out with navigator.sendBeacon (text/plain: no CORS preflight), or keepalive
+ * fetches within the browser's 64 KiB budget when headers are needed; every
+ * event not yet answered is kept in localStorage and sent again by the next
+ * page load (same ids: stored once).
  */
 (function (root) {
   'use strict';
@@ -26,6 +29,7 @@
     // Keepalive fetches and beacons of one page share a 64 KiB budget in
     // browsers; a larger body is refused. Keep one batch well under it.
     maxBatchBytes: 60000,
+    keepaliveBudget: 65536, // bytes of keepalive request bodies the browser lets a page have in flight
     maxQueue: 1000, // beyond this the oldest events are dropped (and reported)
     maxBackoff: 60000, // ms, cap of the retry delay
     credentials: 'omit', // 'include' sends the API's cookies (the user's session)
@@ -60,16 +64,22 @@
     return encoder ? encoder.encode(text).length : unescape(encodeURIComponent(text)).length;
   }
 
-  // {"events":[...],"sent_at":"2024-01-01T00:00:00.000Z"}: all but the events.
-  var ENVELOPE_BYTES = 48;
+  // {"events":[],"sent_at":"2024-01-01T00:00:00.000Z"}: all but the events.
+  var ENVELOPE_BYTES = 50;
+
+  function eventBytes(event) {
+    return byteLength(JSON.stringify(event)) + 1; // + the comma between events
+  }
 
   function Tracker(options) {
     this.opts = extend(extend({}, DEFAULTS), options || {});
     this.queue = []; // events not yet handed to the network, oldest first
-    this.inflight = null; // events of the one fetch in flight
+    this.requests = []; // fetches in flight: {events, keepaliveBytes}; their events are not yet accepted
+    this.keepaliveBytes = 0; // bodies of this page's keepalive fetches in flight (the browser's budget)
+    this.draining = null; // the running flush(), if any
     this.failures = 0; // consecutive failed sends, for the backoff
     this.retryAt = 0; // no fetch before this time (ms since epoch)
-    this.savedAtHide = false;
+    this.persisting = false; // the page was hidden: localStorage follows every change until all is accepted
     this.tabId = uuid4().slice(0, 8); // each tab saves under its own key: tabs never overwrite each other
     this._restore();
     this._listen();
@@ -96,7 +106,7 @@
     };
     if (fields.step_number !== undefined && fields.step_number !== null) event.step_number = fields.step_number;
     if (fields.metadata) event.metadata = fields.metadata;
-    if (byteLength(JSON.stringify(event)) + ENVELOPE_BYTES > this.opts.maxBatchBytes) {
+    if (eventBytes(event) + ENVELOPE_BYTES > this.opts.maxBatchBytes) {
       this._report('too_large', event);
       return null;
     }
@@ -104,22 +114,30 @@
     if (this.queue.length > this.opts.maxQueue) {
       this._report('dropped', this.queue.splice(0, this.queue.length - this.opts.maxQueue));
     }
+    if (this.persisting) this._save(); // a hidden page may be killed without another event
     if (this.queue.length >= this.opts.maxBatchEvents) this.flush();
     return event.event_id;
   };
 
-  /** Events queued or in flight. */
+  /** Events not yet accepted by the server: queued or in flight. */
   Tracker.prototype.pending = function () {
-    return this.queue.length + (this.inflight ? this.inflight.length : 0);
+    return this.queue.length + this._unanswered().length;
   };
 
-  // Takes events from the head of the queue while the body stays under maxBatchBytes.
-  Tracker.prototype._take = function () {
+  Tracker.prototype._unanswered = function () {
+    var events = [];
+    for (var i = 0; i < this.requests.length; i++) events = events.concat(this.requests[i].events);
+    return events;
+  };
+
+  // Takes events from the head of the queue while the body stays within maxBytes
+  // (none when the first event alone does not fit).
+  Tracker.prototype._take = function (maxBytes) {
     var events = [];
     var size = ENVELOPE_BYTES;
     while (this.queue.length && events.length < this.opts.maxBatchEvents) {
-      var n = byteLength(JSON.stringify(this.queue[0])) + 1;
-      if (events.length && size + n > this.opts.maxBatchBytes) break;
+      var n = eventBytes(this.queue[0]);
+      if (size + n > maxBytes) break;
       events.push(this.queue.shift());
       size += n;
     }
@@ -138,31 +156,59 @@
     return headers;
   };
 
-  /** Send one batch now (unless one is in flight or a retry is due later). Resolves when settled. */
+  /**
+   * Send everything queued now, batch after batch (unless a retry is due
+   * later). Resolves when the queue is empty or a failure made it wait.
+   */
   Tracker.prototype.flush = function () {
-    if (this.inflight || !this.queue.length || Date.now() < this.retryAt) return Promise.resolve();
+    if (this.draining) return this.draining;
     var self = this;
-    var events = this._take();
-    this.inflight = events;
-    var request;
+    var next = function () {
+      if (!self.queue.length || Date.now() < self.retryAt) {
+        self.draining = null;
+        return undefined;
+      }
+      return self._send(self._take(self.opts.maxBatchBytes)).then(next);
+    };
+    var running = next();
+    if (!running) return Promise.resolve();
+    this.draining = running.then(null, function () { self.draining = null; });
+    return this.draining;
+  };
+
+  // One fetch of `events`. keepalive (the request outlives the page) while the
+  // page's keepalive bodies stay within the browser's budget: over it, Chromium
+  // does not throw but rejects the promise later. The events count as pending
+  // until the answer: only an accepted status lets them go.
+  Tracker.prototype._send = function (events) {
+    var self = this;
+    var body = batchBody(events);
+    var bytes = byteLength(body);
+    var keepalive = this.keepaliveBytes + bytes <= this.opts.keepaliveBudget;
+    var request = { events: events, keepaliveBytes: keepalive ? bytes : 0 };
+    this.requests.push(request);
+    this.keepaliveBytes += request.keepaliveBytes;
+    var sent;
     try {
-      request = fetch(this.opts.endpoint, {
+      sent = fetch(this.opts.endpoint, {
         method: 'POST',
-        keepalive: true, // survives the page being closed mid-request
+        keepalive: keepalive,
         credentials: this.opts.credentials,
         headers: this._headers('application/json'),
-        body: batchBody(events)
+        body: body
       });
     } catch (e) {
-      request = Promise.reject(e);
+      sent = Promise.reject(e);
     }
-    return request.then(function (response) {
+    return sent.then(function (response) {
       return self._settle(events, response);
     }, function (error) {
-      self._retry(events, null, error); // network error, or the keepalive budget is spent
+      self._retry(events, null, error); // network error (or a budget this code did not foresee)
     }).then(function () {
-      self.inflight = null;
-      if (self.savedAtHide) self._save();
+      var at = self.requests.indexOf(request);
+      if (at >= 0) self.requests.splice(at, 1);
+      self.keepaliveBytes -= request.keepaliveBytes;
+      if (self.persisting) self._save();
     });
   };
 
@@ -201,36 +247,35 @@
     this._report('retry', { reason: reason, delay: delay, events: events.length });
   };
 
-  // The page is being hidden or left: hand everything queued to the browser now.
+  // The page is being hidden or left: hand everything queued to the browser
+  // now, within its keepalive budget, and keep in localStorage every event not
+  // yet accepted (queued, refused, or in a request still unanswered): if the
+  // page dies, the next load sends them again (same ids: stored once).
   Tracker.prototype._flushOnHide = function () {
+    var backingOff = Date.now() < this.retryAt; // the server just said 503/429: keep them for later
     var useBeacon = typeof this.opts.headers !== 'function' && root.navigator && typeof navigator.sendBeacon === 'function';
-    while (this.queue.length) {
-      var events = this._take();
-      var body = batchBody(events);
-      var handed = false;
+    while (this.queue.length && !backingOff) {
       if (useBeacon) {
+        var events = this._take(this.opts.maxBatchBytes);
         // A string body is sent as text/plain: a "simple" request, no preflight.
-        // false: over the browser's keepalive budget; keep the events.
-        handed = navigator.sendBeacon(this.opts.endpoint, body);
-      } else {
-        // A beacon cannot carry headers (CSRF token): keepalive fetch instead.
-        try {
-          fetch(this.opts.endpoint, {
-            method: 'POST', keepalive: true, credentials: this.opts.credentials,
-            headers: this._headers('application/json'), body: body
-          })['catch'](function () { /* the page is gone; the saved copy is sent next time */ });
-          handed = true;
-        } catch (e) {
-          handed = false;
+        // true: the browser took it and will deliver it after the page is gone;
+        // false: over the browser's keepalive budget, keep the events.
+        if (!navigator.sendBeacon(this.opts.endpoint, batchBody(events))) {
+          this.queue = events.concat(this.queue);
+          break;
         }
-      }
-      if (!handed) {
-        this.queue = events.concat(this.queue);
-        break;
+      } else {
+        // A beacon cannot carry headers (CSRF token): keepalive fetches, each
+        // within what is left of the budget. Their events stay pending (and
+        // saved) until answered; the rest waits in the queue.
+        var room = Math.min(this.opts.maxBatchBytes, this.opts.keepaliveBudget - this.keepaliveBytes);
+        var batch = this._take(room);
+        if (!batch.length) break;
+        this._send(batch);
       }
     }
+    this.persisting = true;
     this._save();
-    this.savedAtHide = true;
   };
 
   // localStorage keeps what is queued or in flight at unload: the next page
@@ -239,10 +284,14 @@
   Tracker.prototype._save = function () {
     if (!this.opts.storageKey) return;
     var key = this.opts.storageKey + ':' + this.tabId;
-    var pending = (this.inflight || []).concat(this.queue).slice(-this.opts.maxQueue);
+    var pending = this._unanswered().concat(this.queue);
     try {
-      if (pending.length) localStorage.setItem(key, JSON.stringify(pending));
-      else localStorage.removeItem(key);
+      if (pending.length) {
+        localStorage.setItem(key, JSON.stringify(pending));
+      } else {
+        localStorage.removeItem(key);
+        this.persisting = false; // everything accepted: nothing left to keep
+      }
     } catch (e) { /* storage full or disabled: nothing more to do */ }
   };
 
