@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -153,6 +154,38 @@ def test_ab_flush_command_drains_and_prints_how_many_were_stored():
     call_command("ab_flush", stdout=out)
     assert "stored 7 events" in out.getvalue()
     assert ABEvent.objects.count() == 7
+
+
+PROGRESS = re.compile(
+    r"^progress: (?P<stored>[\d,]+) stored, (?P<dead>[\d,]+) dead-lettered, "
+    r"(?P<rate>[\d,]+) events/s, (?P<queued>[\d,]+) queued, (?P<seconds>\d+\.\d)s$"
+)
+
+
+def test_ab_flush_prints_progress_lines_with_stored_dead_lettered_rate_and_what_is_still_queued():
+    queue.push([item(s=f"s-{i}") for i in range(15)] + [b"{not json"] + [item(s=f"s-{i}") for i in range(15, 50)])
+    out = StringIO()
+    call_command("ab_flush", "--batch-size", "10", "--progress-every", "0", stdout=out)
+
+    *lines, summary = out.getvalue().splitlines()
+    assert summary.startswith("stored 50 events in 6 batches (1 dead-lettered")
+    progress = [PROGRESS.match(line) for line in lines]
+    assert all(progress), lines
+    figures = [{k: int(v.replace(",", "")) for k, v in m.groupdict().items() if k != "seconds"} for m in progress]
+    assert [f["stored"] for f in figures] == [10, 19, 29, 39, 49, 50]
+    assert [f["dead"] for f in figures] == [0, 1, 1, 1, 1, 1]
+    assert [f["queued"] for f in figures] == [41, 31, 21, 11, 1, 0]
+    assert all(f["rate"] > 0 for f in figures)
+    seconds = [float(m["seconds"]) for m in progress]
+    assert seconds == sorted(seconds)
+
+
+def test_ab_flush_prints_no_progress_before_its_interval_has_passed():
+    queue.push([item(s=f"s-{i}") for i in range(30)])
+    out = StringIO()
+    call_command("ab_flush", "--batch-size", "10", stdout=out)  # default: every 5 s; this takes far less
+    (summary,) = out.getvalue().splitlines()
+    assert summary.startswith("stored 30 events in 3 batches")
 
 
 def test_push_and_claim_move_large_batches_past_the_lua_stack_limit(rq):

@@ -439,6 +439,11 @@ def stats(*, client: redis.Redis | None = None) -> QueueStats:
     )
 
 
+def depth(*, client: redis.Redis | None = None) -> int:
+    """Events waiting in the queue (one LLEN; not those in flight)."""
+    return int((client or get_redis()).llen(keys().queue))
+
+
 def record_drain(*, stored: int, dead_lettered: int, client: redis.Redis | None = None) -> None:
     """A drain run finished without a database error (idle runs count: the writer is alive)."""
     _run("record_drain", [keys().drain], [stored, dead_lettered], client)

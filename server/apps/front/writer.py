@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -349,14 +350,23 @@ def request_stop() -> None:
     _stop.set()
 
 
-def drain(batch_size: int | None = None, budget: float | None = None) -> DrainResult:
+def drain(
+    batch_size: int | None = None,
+    budget: float | None = None,
+    *,
+    progress: Callable[[DrainResult], None] | None = None,
+    progress_every: float = 5.0,
+) -> DrainResult:
     """Drain until the queue is empty or the time budget is spent.
 
     First returns expired leases (batches of dead workers) to the queue.
     A database failure ends the run early with ``error`` set; the events wait
-    in Redis for the next run.
+    in Redis for the next run. ``progress`` (if given) is called with the
+    running totals after a batch once ``progress_every`` seconds have passed
+    since the start or its last call (0: after every batch).
     """
     started = time.monotonic()
+    reported = started
     budget = settings.AB_DRAIN_BUDGET if budget is None else budget
     result = DrainResult()
     requeued, reaped_dead = queue.reap(settings.AB_MAX_ATTEMPTS)
@@ -379,6 +389,10 @@ def drain(batch_size: int | None = None, budget: float | None = None) -> DrainRe
         result.dead_lettered += len(batch.dead)
         result.conflicts += batch.conflicts
         metrics.DRAIN_BATCH_SIZE.observe(batch.claimed)
+        if progress is not None and time.monotonic() - reported >= progress_every:
+            reported = time.monotonic()
+            result.seconds = round(reported - started, 4)
+            progress(result)
     result.seconds = round(time.monotonic() - started, 4)
     metrics.observe_drain(
         stored=result.stored,
