@@ -1,14 +1,16 @@
 """Settings for abflow, all read from the environment in this one place.
 
 Every knob has a safe default for a developer's machine. In production
-(``ABFLOW_ENV=production``) the process refuses to start with ``DEBUG`` on or
-with the development ``SECRET_KEY``, because both leak data.
+(``ABFLOW_ENV=production``) the process refuses to start with ``DEBUG`` on,
+a weak ``SECRET_KEY`` or no ``METRICS_TOKEN`` (nor allow-list), because those
+leak data; HTTPS redirect, HSTS and secure cookies are on (behind a TLS proxy).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -82,10 +84,54 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if IS_PRODUCTION else "localhost,12
 if IS_PRODUCTION:
     if DEBUG:
         raise ImproperlyConfigured("DEBUG must be off when ABFLOW_ENV=production")
-    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
-        raise ImproperlyConfigured("Set a real SECRET_KEY (32+ characters) when ABFLOW_ENV=production")
+    # Django's own deploy check (security.W009) calls shorter or repetitive keys weak.
+    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
+        raise ImproperlyConfigured("Set a real SECRET_KEY (50+ random characters) when ABFLOW_ENV=production")
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured("Set ALLOWED_HOSTS when ABFLOW_ENV=production")
+    # Probes and a same-host Prometheus address gunicorn directly (Host:
+    # 127.0.0.1:8000, e.g. the compose healthcheck); without these they get 400.
+    ALLOWED_HOSTS += [host for host in ("127.0.0.1", "[::1]", "localhost") if host not in ALLOWED_HOSTS]
+
+# --- security: production behind a TLS-terminating proxy (docs/operations.md) --
+
+
+def proxy_ssl_header(raw: str) -> tuple[str, str] | None:
+    """``"X-Forwarded-Proto"`` -> ``("HTTP_X_FORWARDED_PROTO", "https")``; ``"Name=value"``; empty -> None."""
+    name, _, value = raw.strip().partition("=")
+    name, value = name.strip(), value.strip()
+    if not name and not value:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9-]+", name) or not re.fullmatch(r"[!-~]*", value):
+        raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={raw!r} is not a header name, optionally =value")
+    return "HTTP_" + name.upper().replace("-", "_"), value or "https"
+
+
+# The proxy terminates TLS and tells gunicorn the client's scheme in this
+# header, "Name" (value https) or "Name=value"; empty: no such proxy. Only
+# safe when the proxy always sets it (a client's own copy must never pass).
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header(
+    env_str("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto" if IS_PRODUCTION else "")
+)
+# Plain HTTP is redirected to HTTPS, except for the callers on the internal
+# network that speak plain HTTP to gunicorn: the probes, the Prometheus scrape
+# (its own token guards it), and ingest: a redirected POST comes back as a GET
+# (browsers rewrite 301/302), so the event would be lost instead of stored.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", IS_PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$", r"^api/rest/front/ab-events?/$"]
+# HSTS: browsers then use HTTPS only, for this long. A year by default; start
+# lower (3600) on a first rollout, since a broken certificate then locks users
+# out for that long. Subdomains of the abflow host are included; preload (a
+# commitment for the whole registrable domain, submitted by hand) is opt-in.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if IS_PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# W021 only says "not preloaded": that is the documented default choice above.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# Session and CSRF cookies only travel over HTTPS (the admin, the report, and
+# a logged-in user's ingest requests, which browsers send over HTTPS anyway).
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", IS_PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", IS_PRODUCTION)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

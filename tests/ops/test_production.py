@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from server.apps.front import queue
+from server.settings import proxy_ssl_header
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = secrets.token_urlsafe(32)
@@ -118,3 +128,162 @@ def test_the_shipped_prometheus_scrape_config_sends_the_metrics_token():
     config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "abflow"]
     assert job["authorization"] == {"type": "Bearer", "credentials_file": "abflow-metrics-token"}
+
+
+# --- HTTPS behind a TLS proxy -----------------------------------------------------
+
+
+def test_deploy_check_of_the_production_profile_is_clean():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=REPO,
+        env=production_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "System check identified no issues" in output
+    assert "WARNING" not in output
+
+
+def test_production_refuses_a_secret_key_the_deploy_check_calls_weak():
+    assert refusal(production_env(SECRET_KEY="x" * 40 + "abcd")).startswith("Set a real SECRET_KEY (50+")
+    assert refusal(production_env(SECRET_KEY="ab" * 30)).startswith("Set a real SECRET_KEY")
+    assert refusal(production_env(SECRET_KEY="")).startswith("Set a real SECRET_KEY")
+
+
+def test_production_security_settings_follow_the_environment():
+    names = ("SECURE_PROXY_SSL_HEADER", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SESSION_COOKIE_SECURE")
+    assert load_settings(production_env(), *names) == {
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
+        "SECURE_SSL_REDIRECT": True,
+        "SECURE_HSTS_SECONDS": 31_536_000,
+        "SESSION_COOKIE_SECURE": True,
+    }
+    overridden = production_env(
+        SECURE_PROXY_SSL_HEADER="X-Forwarded-Ssl=on",
+        SECURE_SSL_REDIRECT="0",
+        SECURE_HSTS_SECONDS="3600",
+        SESSION_COOKIE_SECURE="off",
+    )
+    assert load_settings(overridden, *names) == {
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_SSL", "on"],
+        "SECURE_SSL_REDIRECT": False,
+        "SECURE_HSTS_SECONDS": 3600,
+        "SESSION_COOKIE_SECURE": False,
+    }
+    assert load_settings(production_env(SECURE_PROXY_SSL_HEADER=""), "SECURE_PROXY_SSL_HEADER") == {
+        "SECURE_PROXY_SSL_HEADER": None
+    }
+    # Development keeps plain HTTP.
+    development = production_env(ABFLOW_ENV="development")
+    assert load_settings(development, "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "CSRF_COOKIE_SECURE") == {
+        "SECURE_SSL_REDIRECT": False,
+        "SECURE_HSTS_SECONDS": 0,
+        "CSRF_COOKIE_SECURE": False,
+    }
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(name=st.from_regex(r"\A[A-Za-z0-9-]{1,40}\Z"), value=st.from_regex(r"\A[!-~]{0,20}\Z"))
+def test_proxy_ssl_header_parses_a_header_name_and_optional_value(name, value):
+    raw = f"{name}={value}" if value else name
+    assert proxy_ssl_header(f"  {raw} ") == ("HTTP_" + name.upper().replace("-", "_"), value or "https")
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    name=st.text(min_size=1, max_size=20).filter(lambda n: "=" not in n and re.search(r"[^A-Za-z0-9-]", n.strip())),
+    value=st.sampled_from(["", "=https", "=on"]),
+)
+def test_proxy_ssl_header_refuses_a_name_outside_the_token_characters_naming_the_variable(name, value):
+    with pytest.raises(ImproperlyConfigured, match="SECURE_PROXY_SSL_HEADER"):
+        proxy_ssl_header(name + value)
+
+
+@hypothesis_settings(max_examples=500, deadline=None)
+@given(raw=st.text(max_size=40))
+def test_proxy_ssl_header_either_parses_to_a_meta_key_or_refuses(raw):
+    try:
+        parsed = proxy_ssl_header(raw)
+    except ImproperlyConfigured:
+        return
+    if parsed is not None:
+        key, value = parsed
+        assert re.fullmatch(r"HTTP_[A-Z0-9_]+", key)
+        assert re.fullmatch(r"[!-~]+", value)
+
+
+# Requests as they reach gunicorn: through the TLS proxy (X-Forwarded-Proto:
+# https, the public Host), or in plain HTTP from the internal network (probes,
+# Prometheus, addressed to gunicorn itself).
+PROFILE_PROBE = """
+import json, django
+django.setup()
+from django.test import Client
+
+public = Client(HTTP_HOST="abflow.example.com")
+tls = Client(HTTP_HOST="abflow.example.com", HTTP_X_FORWARDED_PROTO="https", HTTP_X_FORWARDED_FOR="203.0.113.9")
+internal = Client(HTTP_HOST="127.0.0.1:8000", REMOTE_ADDR="127.0.0.1")
+event = {"session_id": "s-production", "variant": "fast", "event_type": "variant_assigned"}
+batch = {"events": [dict(event, event_id="3f1d6b0e-8c1a-4e55-9a55-6f0c1b2a3d4e")]}
+token = {"HTTP_AUTHORIZATION": "Bearer " + %r}
+
+def answer(response):
+    return {
+        "status": response.status_code,
+        "location": response.get("Location"),
+        "hsts": response.get("Strict-Transport-Security"),
+        "cookies": {name: bool(morsel["secure"]) for name, morsel in response.cookies.items()},
+    }
+
+print(json.dumps({
+    "plain_admin": answer(public.get("/admin/login/")),
+    "tls_admin": answer(tls.get("/admin/login/")),
+    "tls_ingest": answer(tls.post("/api/rest/front/ab-event/", event, content_type="application/json")),
+    "plain_ingest_batch": answer(public.post("/api/rest/front/ab-events/", batch, content_type="application/json")),
+    "internal_healthz": answer(internal.get("/healthz")),
+    "internal_readyz": answer(internal.get("/readyz")),
+    "internal_metrics": answer(internal.get("/metrics", **token)),
+    "internal_metrics_no_token": answer(internal.get("/metrics")),
+    "tls_metrics_no_token": answer(tls.get("/metrics")),
+}))
+"""
+
+
+def database_url() -> str:
+    """The test database, for /readyz in the child process."""
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.mark.django_db
+def test_production_redirects_to_https_but_not_probes_scrapes_or_ingest(settings):
+    env = production_env(DATABASE_URL=database_url(), AB_QUEUE_KEY_PREFIX=settings.AB_QUEUE_KEY_PREFIX)
+    result = run_python(PROFILE_PROBE % TOKEN, env)
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout.splitlines()[-1])
+
+    # A browser on plain HTTP is sent to HTTPS; over the TLS proxy the page is
+    # served with HSTS and cookies that only travel over HTTPS.
+    assert answers["plain_admin"]["status"] == 301
+    assert answers["plain_admin"]["location"] == "https://abflow.example.com/admin/login/"
+    assert answers["tls_admin"]["status"] == 200
+    assert answers["tls_admin"]["hsts"] == "max-age=31536000; includeSubDomains"
+    assert answers["tls_admin"]["cookies"] == {"csrftoken": True}
+
+    # Ingest answers as before, through the proxy and in plain HTTP (never a redirect that loses the POST).
+    assert answers["tls_ingest"]["status"] == 201
+    assert answers["tls_ingest"]["hsts"] == "max-age=31536000; includeSubDomains"
+    assert answers["plain_ingest_batch"]["status"] == 200
+    assert queue.stats().depth == 2
+
+    # Probes and the scrape, in plain HTTP to gunicorn's own address.
+    assert answers["internal_healthz"]["status"] == 200
+    assert answers["internal_readyz"]["status"] == 200
+    assert answers["internal_metrics"]["status"] == 200
+    # No allow-list by default in production: without the token nobody scrapes, proxied or not.
+    assert answers["internal_metrics_no_token"]["status"] == 403
+    assert answers["tls_metrics_no_token"]["status"] == 403
