@@ -30,6 +30,12 @@ VALID_EVENT_TYPES = [name for name, _ in ABEvent.EVENT_TYPES]
 # PostgreSQL's ``integer`` column: a wider value would fail at write time.
 INT32_MAX = 2**31 - 1
 
+# Levels of objects and arrays in one event, the event itself included: what
+# orjson writes (it refuses 255). Deeper, the stdlib's recursive json.dumps
+# (the fallback below, and DRF's JSONField) would run into Python's recursion
+# limit: a RecursionError, i.e. a 500 instead of a 400 naming the field.
+MAX_EVENT_DEPTH = 254
+
 
 class StrictCharField(serializers.CharField):
     """A CharField that does not turn numbers, booleans or NaN into strings."""
@@ -118,7 +124,13 @@ class ABEventSerializer(serializers.ModelSerializer):
         # Unknown keys are ignored, not stored, but they still cost parsing:
         # one event's whole JSON is capped, not only its metadata.
         if isinstance(data, dict):
-            size = json_size(data)
+            try:
+                size = json_size(data)
+            except NestedTooDeep as exc:
+                # Named by where the depth is, never by a client's key.
+                limit = MAX_EVENT_DEPTH - 1  # the levels left below the event itself
+                key = "metadata" if nesting_depth(data.get("metadata"), limit) > limit else "event"
+                raise serializers.ValidationError({key: [str(exc)]}) from exc
             if size > settings.AB_MAX_EVENT_BYTES:
                 raise serializers.ValidationError(
                     {"event": [f"event is {size} bytes of JSON, over the limit of {settings.AB_MAX_EVENT_BYTES}"]}
@@ -163,12 +175,46 @@ class ABEventSerializer(serializers.ModelSerializer):
         return value
 
 
+class NestedTooDeep(ValueError):
+    """A JSON value nested deeper than :data:`MAX_EVENT_DEPTH` levels."""
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """Levels of objects and arrays in ``value`` (a scalar is 0), counted without recursion.
+
+    Stops counting once past ``limit``: any result over ``limit`` means "too deep".
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def json_size(value: Any) -> int:
-    """Bytes of ``value`` as compact JSON (escaped when orjson refuses it, e.g. lone surrogates)."""
+    """Bytes of ``value`` as compact JSON (escaped when orjson refuses it, e.g. lone surrogates).
+
+    Raises NestedTooDeep past MAX_EVENT_DEPTH levels, which orjson refuses
+    too, before the recursive fallback could overflow the stack.
+    """
     try:
         return len(orjson.dumps(value))
-    except TypeError:
-        return len(json.dumps(value, separators=(",", ":"), default=str))
+    except TypeError:  # lone surrogates, integers beyond 64 bits, or too deep
+        pass
+    if nesting_depth(value, MAX_EVENT_DEPTH) > MAX_EVENT_DEPTH:
+        raise NestedTooDeep(f"nested deeper than {MAX_EVENT_DEPTH} levels")
+    return len(json.dumps(value, separators=(",", ":"), default=str))
 
 
 def enqueue(

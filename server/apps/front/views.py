@@ -7,8 +7,10 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.http import Http404
 from rest_framework import exceptions, serializers, status
 from rest_framework.decorators import api_view, permission_classes, throttle_classes
+from rest_framework.exceptions import ErrorDetail
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -46,7 +48,7 @@ def track_ab_event(request: Request) -> Response:
         serializer = ABEventSerializer(data=request.data, context={"request": request, "sent_at": sent_at})
         serializer.is_valid()
         metrics.record_invalid(serializer.errors)
-        return Response({"success": False, "errors": serializer.errors}, status=status.HTTP_400_BAD_REQUEST)
+        return Response({"success": False, "errors": encodable(serializer.errors)}, status=status.HTTP_400_BAD_REQUEST)
     if request.user.is_authenticated:
         validated["user"] = request.user
     with queue_errors_as_503():
@@ -82,7 +84,7 @@ def track_ab_events(request: Request) -> Response:
     envelope = BatchSerializer(data=request.data)
     if not envelope.is_valid():
         metrics.record_invalid(envelope.errors)
-        return Response({"success": False, "errors": envelope.errors}, status=status.HTTP_400_BAD_REQUEST)
+        return Response({"success": False, "errors": encodable(envelope.errors)}, status=status.HTTP_400_BAD_REQUEST)
     user = request.user if request.user.is_authenticated else None
     with queue_errors_as_503():
         outcome = ingest_batch(
@@ -91,7 +93,28 @@ def track_ab_events(request: Request) -> Response:
     metrics.EVENTS_ACCEPTED.inc(outcome.accepted)
     for rejected in outcome.rejected:
         metrics.record_invalid(rejected["errors"])
-    return Response({"success": True, "accepted": outcome.accepted, "rejected": outcome.rejected})
+    return Response({"success": True, "accepted": outcome.accepted, "rejected": encodable(outcome.rejected)})
+
+
+def encodable(detail: Any) -> Any:
+    """Error details that UTF-8 can carry: lone surrogates as ``\\udXXX`` text.
+
+    Some messages quote the client's value (DRF's ``"x" is not a valid
+    choice.``, ``"x" is not a valid UUID.``). A lone surrogate in that value
+    (valid in JSON's ``\\ud800`` escape, not in UTF-8) would make the renderer
+    fail: a 500 for a bad event.
+    """
+    if isinstance(detail, dict):
+        return {encodable(key): encodable(value) for key, value in detail.items()}
+    if isinstance(detail, list):
+        return [encodable(item) for item in detail]
+    if isinstance(detail, str):
+        try:
+            detail.encode("utf-8")
+        except UnicodeEncodeError:
+            text = detail.encode("utf-8", "backslashreplace").decode("utf-8")
+            return ErrorDetail(text, getattr(detail, "code", None))
+    return detail
 
 
 class queue_errors_as_503:
@@ -115,6 +138,9 @@ _ERROR_FIELDS: list[tuple[type[Exception], str]] = [
     (exceptions.ParseError, "body"),
     (exceptions.UnsupportedMediaType, "content_type"),
     (exceptions.MethodNotAllowed, "method"),
+    (exceptions.NotAcceptable, "accept"),
+    (exceptions.NotFound, "path"),
+    (Http404, "path"),  # DRF answers it as NotFound
     (exceptions.Throttled, "throttle"),
     (exceptions.NotAuthenticated, "auth"),
     (exceptions.AuthenticationFailed, "auth"),
@@ -146,7 +172,7 @@ def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Respo
         detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
         errors = {field: [str(detail)]}
         metrics.record_rejection(_rejection_reason(exc, field))
-    response.data = {"success": False, "errors": errors}
+    response.data = {"success": False, "errors": encodable(errors)}
     if isinstance(exc, QueueUnavailable):
         response["Retry-After"] = str(settings.AB_RETRY_AFTER)
     return response
