@@ -387,9 +387,25 @@ CELERY_BEAT_SCHEDULE = {
 # LOG_FORMAT=json (default): one JSON object per line, with the fields passed
 # in ``extra`` (drain runs, rejection summaries) as top-level keys, for log
 # shippers. LOG_FORMAT=plain for reading in a terminal.
-LOG_FORMAT = env_str("LOG_FORMAT", "json")
+LOG_FORMAT = env_str("LOG_FORMAT", "json").strip().lower()
 if LOG_FORMAT not in {"json", "plain"}:
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not json or plain")
+
+# The names both logging.config and gunicorn's loglevel know (gunicorn would
+# silently fall back to info for others, such as "warn").
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(raw: str, *, variable: str = "LOG_LEVEL") -> str:
+    """``"warning"`` / ``" Warning "`` -> ``"WARNING"``; an unknown level stops start-up naming the variable."""
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ImproperlyConfigured(f"{variable}={raw!r} is not one of {', '.join(LOG_LEVELS)} (any case)")
+    return level
+
+
+# Any case: LOG_LEVEL=warning used to crash start-up in logging.config.
+LOG_LEVEL = log_level(env_str("LOG_LEVEL", "") or "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -402,7 +418,7 @@ LOGGING = {
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Django's own console handler would print each line a second time, unformatted.
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
