@@ -10,10 +10,8 @@ own browser downloads are never used.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -23,6 +21,8 @@ from server.apps.front import queue
 from server.apps.front.models import ABEvent
 from server.apps.front.writer import drain
 from tests.chromium import BROWSER_TEST_MARKS, launch
+
+from .conftest import PageServer, drain_until, wait_for_depth
 
 pytestmark = BROWSER_TEST_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
@@ -58,41 +58,6 @@ PAGE = """<!doctype html>
 """
 
 
-class PageServer:
-    """A second origin: serves the onboarding page and a page to navigate to."""
-
-    def __init__(self, pages: dict[str, str]) -> None:
-        pages_ref = pages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = pages_ref.get(self.path.split("?")[0])
-                if body is None:
-                    self.send_error(404)
-                    return
-                data = body.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> PageServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def browser_page(live_server, settings, monkeypatch) -> Iterator[tuple[Any, PageServer, str]]:
     # Playwright's sync API keeps an asyncio loop in this thread; Django then
@@ -117,15 +82,6 @@ def browser_page(live_server, settings, monkeypatch) -> Iterator[tuple[Any, Page
                 # The ORM calls made while playwright's loop ran opened a
                 # connection that pytest-django's teardown does not see.
                 connections.close_all()
-
-
-def wait_for_depth(expected: int, timeout: float = 15.0) -> int:
-    deadline = time.monotonic() + timeout
-    depth = queue.stats().depth
-    while depth < expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-        depth = queue.stats().depth
-    return depth
 
 
 TRACK = """([steps]) => steps.map(([type, step]) => ab.track(type, {step_number: step, metadata: {via: 'chromium'}}))"""
@@ -211,18 +167,6 @@ def test_events_the_browser_refuses_at_unload_are_sent_by_the_next_page_load(bro
     drain()
     stored = ABEvent.objects.filter(session_id=session).values_list("event_id", flat=True)
     assert sorted(str(e) for e in stored) == sorted(ids)
-
-
-def drain_until(session: str, expected: int, timeout: float = 20.0) -> int:
-    """Drains until ``expected`` rows of ``session`` are stored (or the time is up), then once more after a pause."""
-    deadline = time.monotonic() + timeout
-    rows = ABEvent.objects.filter(session_id=session)
-    while rows.count() < expected and time.monotonic() < deadline:
-        drain()
-        time.sleep(0.1)
-    time.sleep(0.5)  # late duplicates, if any, would land now
-    drain()
-    return rows.count()
 
 
 PADDED = """(n) => Array.from({length: n}, (_, i) =>
