@@ -89,7 +89,7 @@ if IS_PRODUCTION:
         raise ImproperlyConfigured("Set a real SECRET_KEY (50+ random characters) when ABFLOW_ENV=production")
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured("Set ALLOWED_HOSTS when ABFLOW_ENV=production")
-    # Probes and a same-host Prometheus address gunicorn directly (Host:
+    # Probes and a same-host Prometheus address the web server directly (Host:
     # 127.0.0.1:8000, e.g. the compose healthcheck); without these they get 400.
     ALLOWED_HOSTS += [host for host in ("127.0.0.1", "[::1]", "localhost") if host not in ALLOWED_HOSTS]
 
@@ -107,14 +107,14 @@ def proxy_ssl_header(raw: str) -> tuple[str, str] | None:
     return "HTTP_" + name.upper().replace("-", "_"), value or "https"
 
 
-# The proxy terminates TLS and tells gunicorn the client's scheme in this
+# The proxy terminates TLS and tells the web server the client's scheme in this
 # header, "Name" (value https) or "Name=value"; empty: no such proxy. Only
 # safe when the proxy always sets it (a client's own copy must never pass).
 SECURE_PROXY_SSL_HEADER = proxy_ssl_header(
     env_str("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto" if IS_PRODUCTION else "")
 )
 # Plain HTTP is redirected to HTTPS, except for the callers on the internal
-# network that speak plain HTTP to gunicorn: the probes, the Prometheus scrape
+# network that speak plain HTTP to the web server: probes, the Prometheus scrape
 # (its own token guards it), and ingest: a redirected POST comes back as a GET
 # (browsers rewrite 301/302), so the event would be lost instead of stored.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", IS_PRODUCTION)
@@ -337,7 +337,7 @@ AB_REPORT_SEQUENTIAL = env_bool("AB_REPORT_SEQUENTIAL", False)
 # GET /metrics is served to a request with "Authorization: Bearer $METRICS_TOKEN",
 # or to a direct request (no proxy's forwarding headers, ops_views.is_proxied)
 # from these addresses/networks (REMOTE_ADDR). Loopback is allowed by default
-# only in development: in production gunicorn sits behind a local reverse
+# only in development: in production the web server sits behind a local reverse
 # proxy, so every request from the internet arrives from 127.0.0.1.
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "" if IS_PRODUCTION else "127.0.0.1,::1")
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
@@ -391,14 +391,17 @@ LOG_FORMAT = env_str("LOG_FORMAT", "json").strip().lower()
 if LOG_FORMAT not in {"json", "plain"}:
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not json or plain")
 
-# The names both logging.config and gunicorn's loglevel know (gunicorn would
-# silently fall back to info for others, such as "warn").
+# The level names logging.config knows, WARN being an alias of WARNING (as
+# for the web server, deploy/). Anything else stops start-up rather than
+# logging at a level nobody chose.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVEL_ALIASES = {"WARN": "WARNING"}
 
 
 def log_level(raw: str, *, variable: str = "LOG_LEVEL") -> str:
     """``"warning"`` / ``" Warning "`` -> ``"WARNING"``; an unknown level stops start-up naming the variable."""
     level = raw.strip().upper()
+    level = LOG_LEVEL_ALIASES.get(level, level)
     if level not in LOG_LEVELS:
         raise ImproperlyConfigured(f"{variable}={raw!r} is not one of {', '.join(LOG_LEVELS)} (any case)")
     return level

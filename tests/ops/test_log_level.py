@@ -10,14 +10,16 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from server.settings import LOG_LEVELS, log_level
+from server.settings import LOG_LEVEL_ALIASES, LOG_LEVELS, log_level
 
 from .test_production import production_env, refusal, run_python
 
 ROOT_LEVEL = "import logging, django; django.setup(); print(logging.getLevelName(logging.getLogger().level))"
 
 
-@pytest.mark.parametrize(("raw", "level"), [("warning", "WARNING"), (" Debug ", "DEBUG"), ("ERROR", "ERROR")])
+@pytest.mark.parametrize(
+    ("raw", "level"), [("warning", "WARNING"), (" Debug ", "DEBUG"), ("ERROR", "ERROR"), ("warn", "WARNING")]
+)
 def test_a_process_starts_with_log_level_in_any_case(raw, level):
     result = run_python(ROOT_LEVEL, production_env(LOG_LEVEL=raw))
     assert result.returncode == 0, result.stderr
@@ -48,7 +50,7 @@ def test_every_case_of_a_known_level_is_accepted(name, cases, pad):
 
 
 @hypothesis_settings(max_examples=300, deadline=None)
-@given(raw=st.text(max_size=20).filter(lambda raw: raw.strip().upper() not in LOG_LEVELS))
+@given(raw=st.text(max_size=20).filter(lambda raw: raw.strip().upper() not in {*LOG_LEVELS, *LOG_LEVEL_ALIASES}))
 def test_anything_else_is_refused_naming_the_variable(raw):
     with pytest.raises(ImproperlyConfigured, match=r"^LOG_LEVEL="):
         log_level(raw)

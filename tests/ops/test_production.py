@@ -216,9 +216,9 @@ def test_proxy_ssl_header_either_parses_to_a_meta_key_or_refuses(raw):
         assert re.fullmatch(r"[!-~]+", value)
 
 
-# Requests as they reach gunicorn: through the TLS proxy (X-Forwarded-Proto:
+# Requests as they reach the web server: through the TLS proxy (X-Forwarded-Proto:
 # https, the public Host), or in plain HTTP from the internal network (probes,
-# Prometheus, addressed to gunicorn itself).
+# Prometheus, addressed to the web server itself).
 PROFILE_PROBE = """
 import json, django
 django.setup()
@@ -280,7 +280,7 @@ def test_production_redirects_to_https_but_not_probes_scrapes_or_ingest(settings
     assert answers["plain_ingest_batch"]["status"] == 200
     assert queue.stats().depth == 2
 
-    # Probes and the scrape, in plain HTTP to gunicorn's own address.
+    # Probes and the scrape, in plain HTTP to the web server's own address.
     assert answers["internal_healthz"]["status"] == 200
     assert answers["internal_readyz"]["status"] == 200
     assert answers["internal_metrics"]["status"] == 200

@@ -68,7 +68,7 @@ def _networks(allowed: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddre
 
 
 def address_allowed(request: HttpRequest, allowed: tuple[str, ...]) -> bool:
-    """REMOTE_ADDR (the peer of gunicorn) is in one of the ``allowed`` addresses or networks."""
+    """REMOTE_ADDR (the web server's peer) is in one of the ``allowed`` addresses or networks."""
     try:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
