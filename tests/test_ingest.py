@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import time
 import uuid
 from datetime import timedelta
@@ -19,7 +20,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from server.apps.front import queue
+from server.apps.front import metrics, queue
 from server.apps.front.models import ABEvent
 from server.apps.front.writer import drain
 from server.embedded import free_port
@@ -159,6 +160,10 @@ HARDENING_CASES = {
     "step-float": ({"step_number": 1.5}, "step_number"),
     "step-nan": ('"step_number": NaN', "step_number"),
     "event-id-not-uuid": ({"event_id": "123"}, "event_id"),
+    # DRF's UUIDField reads integers as UUID(int=...): 7 and true would be ids.
+    "event-id-integer": ({"event_id": 7}, "event_id"),
+    "event-id-true": ({"event_id": True}, "event_id"),
+    "event-id-uuid-as-integer": ({"event_id": 2**128 - 1}, "event_id"),
     "metadata-list": ({"metadata": [1, 2]}, "metadata"),
     "metadata-string": ({"metadata": "x"}, "metadata"),
     "metadata-nan": ('"metadata": {"time_spent_ms": NaN}', "metadata"),
@@ -239,6 +244,56 @@ def test_unresponsive_redis_gives_503_in_under_a_second(client, settings):
         listener.close()
     assert response.status_code == 503
     assert elapsed < 1.0
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def log_records():
+    """Records of django.request and abflow.metrics (the "django" logger does not propagate to caplog)."""
+    handler = Records()
+    loggers = [logging.getLogger("django.request"), logging.getLogger("abflow.metrics")]
+    metrics.REJECTIONS.flush()  # what earlier tests left pending
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield handler.records
+    for logger in loggers:
+        logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("cause", ["redis_down", "queue_full"])
+def test_503s_are_logged_per_class_not_per_request(client, settings, log_records, cause):
+    if cause == "redis_down":
+        settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    else:
+        settings.AB_QUEUE_MAX = 0
+    codes = [post_json(client, event()).status_code for _ in range(20)]
+    codes.append(client.post(BATCH_URL, {"events": [event()]}, format="json").status_code)
+    metrics.REJECTIONS.flush()
+    assert codes == [503] * 21
+    assert [r for r in log_records if r.name == "django.request"] == []
+    summaries = [r for r in log_records if r.getMessage() == "ab_rejected" and r.reason == cause]
+    assert sum(r.count for r in summaries) == 21
+    assert len(summaries) <= 2  # the first at once, the rest as one count
+
+
+def test_a_500_is_still_logged_by_django(client, log_records, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("server.apps.front.views.enqueue", broken)
+    client.raise_request_exception = False
+    response = post_json(client, event())
+    assert response.status_code == 500
+    assert response.json() == {"success": False, "errors": {"server": ["Internal Server Error."]}}
+    assert [r.levelname for r in log_records if r.name == "django.request"] == ["ERROR"]
 
 
 def test_full_queue_gives_503_backpressure_and_keeps_what_was_queued(client, settings):

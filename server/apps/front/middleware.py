@@ -139,6 +139,8 @@ def in_envelope(response: HttpResponse) -> HttpResponse:
         if name.lower() not in {"content-type", "content-length"}:
             answer[name] = value
     answer.cookies = response.cookies
+    # Django logged the page when it made it (a 500 with its traceback): not twice.
+    answer._has_been_logged = getattr(response, "_has_been_logged", False)
     return answer
 
 

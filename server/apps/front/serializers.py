@@ -46,6 +46,21 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StrictUUIDField(serializers.UUIDField):
+    """A UUID sent as a JSON string only.
+
+    DRF's UUIDField also takes an integer as ``UUID(int=...)``, so ``7`` and
+    ``true`` (``UUID(int=1)``) would be accepted: naive clients counting
+    from 1 would share ids, and all but the first of their events would be
+    dropped as retries.
+    """
+
+    def to_internal_value(self, data: Any) -> uuid.UUID:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
 def check_json_value(value: Any, *, depth: int, max_depth: int, path: str = "metadata") -> None:
     """Reject what JSON in PostgreSQL cannot hold, or what we refuse to store.
 
@@ -87,7 +102,7 @@ class ABEventSerializer(serializers.ModelSerializer):
     # Declared explicitly: the model's unique ``event_id`` would otherwise get
     # a UniqueValidator, i.e. a PostgreSQL query per request. Uniqueness is
     # enforced at write time (ignore_conflicts), which is what makes retries safe.
-    event_id = serializers.UUIDField(required=False)
+    event_id = StrictUUIDField(required=False)
     session_id = StrictCharField(max_length=100)
     step_number = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=INT32_MAX)
     metadata = serializers.JSONField(required=False)

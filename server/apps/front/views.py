@@ -175,4 +175,9 @@ def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Respo
     response.data = {"success": False, "errors": encodable(errors)}
     if isinstance(exc, QueueUnavailable):
         response["Retry-After"] = str(settings.AB_RETRY_AFTER)
+        # Counted and logged per class above (record_rejection: reason
+        # redis_down / queue_full), like every rejection. Django would add an
+        # ERROR line per request (it logs every 5xx): one per event during
+        # an outage. The flag is Django's own "already logged" marker.
+        response._has_been_logged = True
     return response
