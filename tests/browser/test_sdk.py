@@ -321,3 +321,34 @@ def test_saved_events_older_than_max_event_age_are_dropped_on_load(sdk):
     assert page.evaluate(PENDING_KEYS) == []
     assert drain_until(SESSION, 3) == 3
     assert sorted(str(e.event_id) for e in stored()) == sorted(recent)
+
+
+FILL_STORAGE = """() => {
+  // Fill localStorage to its quota, then free 16 KiB: room for some of the events, not all.
+  let n = 0;
+  for (let size = 1 << 20; size >= 1 << 14; size >>= 1) {
+    const chunk = 'f'.repeat(size);
+    try { for (;;) localStorage.setItem('filler:' + n++, chunk); } catch (e) { /* full at this size */ }
+  }
+  localStorage.removeItem('filler:' + (n - 2));
+}"""
+
+
+def test_with_storage_nearly_full_the_newest_events_that_fit_are_saved_and_the_rest_reported(sdk):
+    page = sdk.open("/classic.html", "refuse_beacon")
+    page.evaluate(FILL_STORAGE)
+    ids = page.evaluate(TRACK, [50, {"metadata": {"pad": "p" * 1000}}])
+    page.evaluate("() => window.dispatchEvent(new PageTransitionEvent('pagehide'))")  # beacons refused: save
+    not_saved = page.evaluate("() => window.errors.filter(e => e[0] === 'not_saved').map(e => e[1])")
+    saved = page.evaluate(
+        "() => Object.keys(localStorage).filter(k => k.startsWith('abtrack:pending:'))"
+        ".flatMap(k => JSON.parse(localStorage.getItem(k)).map(e => e.event_id))"
+    )
+    assert len(not_saved) == 1 and 0 < not_saved[0] < 50
+    assert saved == ids[not_saved[0] :]  # the newest
+    sdk.leave()  # the page goes with the storage still full: the same newest ones stay saved
+
+    sdk.open()  # the next load sends what was saved
+    sdk.page.wait_for_function("ab.pending() === 0")
+    assert drain_until(SESSION, len(saved)) == len(saved)
+    assert sorted(str(e.event_id) for e in stored()) == sorted(saved)

@@ -17,7 +17,14 @@ export type EventType =
   | 'onboarding_abandoned';
 
 /** Kinds of report passed to `onError`. `http_<status>` for 400, 403, 413, 415 and any other refusal. */
-export type ErrorKind = 'retry' | 'rejected' | 'dropped' | 'too_large' | 'expired' | `http_${number}`;
+export type ErrorKind =
+  | 'retry'
+  | 'rejected'
+  | 'dropped'
+  | 'too_large'
+  | 'expired'
+  | 'not_saved'
+  | `http_${number}`;
 
 /** One event as sent to the batch endpoint. */
 export interface ABEvent {
@@ -52,6 +59,8 @@ export interface ErrorCallback {
   (kind: 'rejected', detail: RejectedEvent[]): void;
   (kind: 'dropped' | 'expired', detail: ABEvent[]): void;
   (kind: 'too_large', detail: ABEvent): void;
+  /** localStorage is full: this many events (still queued) could not be saved for the next load. */
+  (kind: 'not_saved', detail: number): void;
   (kind: ErrorKind, detail: unknown): void;
 }
 

@@ -446,9 +446,10 @@ function createABTrack(root) {
 
   // localStorage keeps every event not yet accepted; the next page load sends
   // them again (same event_ids, so an event that did get through is still
-  // stored once). Storage full: the newest are kept.
+  // stored once). Storage full: as many of the newest as fit are kept, and
+  // onError('not_saved', n) tells how many were not (they are still queued).
   Tracker.prototype._save = function () {
-    if (!this.opts.storageKey) return;
+    if (!this.opts.storageKey || !storage()) return;
     var key = this.opts.storageKey + ':' + this.tabId;
     var pending = this.isOptedOut() ? [] : this._unanswered().concat(this.queue);
     if (!pending.length) {
@@ -456,11 +457,10 @@ function createABTrack(root) {
       this.persisting = false; // everything accepted: nothing left to keep
       return;
     }
-    while (pending.length && !writeItem(key, JSON.stringify(pending))) {
-      if (!storage()) return;
-      var lost = pending.splice(0, Math.ceil(pending.length / 2));
-      this._report('dropped', lost);
-    }
+    var saved = pending;
+    while (saved.length && !writeItem(key, JSON.stringify(saved))) saved = saved.slice(Math.ceil(saved.length / 2));
+    if (!saved.length) removeItem(key);
+    if (saved.length < pending.length) this._report('not_saved', pending.length - saved.length);
   };
 
   // Takes over what any tab of this origin left (a tab still open that saved
