@@ -211,6 +211,12 @@ def test_poison_in_a_batch_whose_worker_died_is_reaped_and_dead_lettered_without
     assert (stats.depth, stats.inflight) == (0, 0)
 
 
+def test_a_dead_letter_is_written_even_when_the_reason_quotes_an_unencodable_string():
+    entry = orjson.loads(queue.dead_entry(b"\xff{", "ValueError: bad value '\ud800'"))
+    assert entry["event"] == "\ufffd{"
+    assert entry["error"] == "ValueError: bad value '?'"
+
+
 # --- property: whatever sits in the queue, the drain finishes and accounts for every item ---
 
 JSON = st.recursive(

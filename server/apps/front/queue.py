@@ -327,7 +327,13 @@ def decode_event(item: bytes) -> dict[str, Any]:
 
 
 def dead_entry(item: bytes, error: str) -> bytes:
-    """A dead letter: the raw queued item, why it failed, and when."""
+    """A dead letter: the raw queued item, why it failed, and when.
+
+    Never raises: the reason is an exception's message, which could quote a
+    value orjson cannot encode (a lone surrogate), and failing here would
+    fail the whole batch the dead letter was meant to spare.
+    """
+    error = error.encode("utf-8", "replace").decode("utf-8")
     return orjson.dumps(
         {"event": item.decode("utf-8", "replace"), "error": error, "at": int(time.time() * 1000)}
     )
