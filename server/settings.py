@@ -1,13 +1,16 @@
 """Settings for abflow, all read from the environment in this one place.
 
 Every knob has a safe default for a developer's machine. In production
-(``ABFLOW_ENV=production``) the process refuses to start with ``DEBUG`` on or
-with the development ``SECRET_KEY``, because both leak data.
+(``ABFLOW_ENV=production``) the process refuses to start with ``DEBUG`` on,
+a weak ``SECRET_KEY`` or no ``METRICS_TOKEN`` (nor allow-list), because those
+leak data; HTTPS redirect, HSTS and secure cookies are on (behind a TLS proxy).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -81,10 +84,54 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if IS_PRODUCTION else "localhost,12
 if IS_PRODUCTION:
     if DEBUG:
         raise ImproperlyConfigured("DEBUG must be off when ABFLOW_ENV=production")
-    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
-        raise ImproperlyConfigured("Set a real SECRET_KEY (32+ characters) when ABFLOW_ENV=production")
+    # Django's own deploy check (security.W009) calls shorter or repetitive keys weak.
+    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
+        raise ImproperlyConfigured("Set a real SECRET_KEY (50+ random characters) when ABFLOW_ENV=production")
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured("Set ALLOWED_HOSTS when ABFLOW_ENV=production")
+    # Probes and a same-host Prometheus address the web server directly (Host:
+    # 127.0.0.1:8000, e.g. the compose healthcheck); without these they get 400.
+    ALLOWED_HOSTS += [host for host in ("127.0.0.1", "[::1]", "localhost") if host not in ALLOWED_HOSTS]
+
+# --- security: production behind a TLS-terminating proxy (docs/operations.md) --
+
+
+def proxy_ssl_header(raw: str) -> tuple[str, str] | None:
+    """``"X-Forwarded-Proto"`` -> ``("HTTP_X_FORWARDED_PROTO", "https")``; ``"Name=value"``; empty -> None."""
+    name, _, value = raw.strip().partition("=")
+    name, value = name.strip(), value.strip()
+    if not name and not value:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9-]+", name) or not re.fullmatch(r"[!-~]*", value):
+        raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={raw!r} is not a header name, optionally =value")
+    return "HTTP_" + name.upper().replace("-", "_"), value or "https"
+
+
+# The proxy terminates TLS and tells the web server the client's scheme in this
+# header, "Name" (value https) or "Name=value"; empty: no such proxy. Only
+# safe when the proxy always sets it (a client's own copy must never pass).
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header(
+    env_str("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto" if IS_PRODUCTION else "")
+)
+# Plain HTTP is redirected to HTTPS, except for the callers on the internal
+# network that speak plain HTTP to the web server: probes, the Prometheus scrape
+# (its own token guards it), and ingest: a redirected POST comes back as a GET
+# (browsers rewrite 301/302), so the event would be lost instead of stored.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", IS_PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$", r"^api/rest/front/ab-events?/$"]
+# HSTS: browsers then use HTTPS only, for this long. A year by default; start
+# lower (3600) on a first rollout, since a broken certificate then locks users
+# out for that long. Subdomains of the abflow host are included; preload (a
+# commitment for the whole registrable domain, submitted by hand) is opt-in.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if IS_PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# W021 only says "not preloaded": that is the documented default choice above.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# Session and CSRF cookies only travel over HTTPS (the admin, the report, and
+# a logged-in user's ingest requests, which browsers send over HTTPS anyway).
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", IS_PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", IS_PRODUCTION)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -212,6 +259,12 @@ AB_BATCH_SIZE = env_int("AB_BATCH_SIZE", 2000, minimum=1)
 AB_DRAIN_BUDGET = env_float("AB_DRAIN_BUDGET", 20.0, minimum=0.1)
 # A claimed batch whose worker died returns to the queue after this long.
 AB_LEASE_SECONDS = env_int("AB_LEASE_SECONDS", 60, minimum=1)
+# Seconds one statement of the writer may run (PostgreSQL statement_timeout,
+# set per batch transaction; 0 = no bound). The solo worker enforces no Celery
+# time limit, so this is what frees a worker stuck behind a lock or a hung
+# server: the batch goes back to the queue like in an outage. Keep it below
+# AB_LEASE_SECONDS; a normal batch takes well under a second.
+AB_WRITER_STATEMENT_TIMEOUT = env_float("AB_WRITER_STATEMENT_TIMEOUT", 30.0, minimum=0.0)
 # A batch reclaimed this many times (its worker keeps dying on it) goes to the
 # dead-letter list instead of crashing workers forever.
 AB_MAX_ATTEMPTS = env_int("AB_MAX_ATTEMPTS", 5, minimum=1)
@@ -282,10 +335,30 @@ AB_REPORT_SEQUENTIAL = env_bool("AB_REPORT_SEQUENTIAL", False)
 
 # --- operations (docs/operations.md) -------------------------------------------
 
-# GET /metrics is served to these client addresses/networks (REMOTE_ADDR), or
-# to anyone sending "Authorization: Bearer $METRICS_TOKEN" when that is set.
-METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+# GET /metrics is served to a request with "Authorization: Bearer $METRICS_TOKEN",
+# or to a direct request (no proxy's forwarding headers, ops_views.is_proxied)
+# from these addresses/networks (REMOTE_ADDR). Loopback is allowed by default
+# only in development: in production the web server sits behind a local reverse
+# proxy, so every request from the internet arrives from 127.0.0.1.
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "" if IS_PRODUCTION else "127.0.0.1,::1")
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_TOKEN_MIN_LENGTH = 24
+for _network in METRICS_ALLOWED_IPS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {_network!r} is not an address or network") from exc
+if IS_PRODUCTION:
+    # Refuse to start rather than serve an unguarded or unreachable /metrics:
+    # the operator decides who scrapes (docs/operations.md, "Who may scrape").
+    if not METRICS_TOKEN and not METRICS_ALLOWED_IPS:
+        raise ImproperlyConfigured(
+            "Set METRICS_TOKEN (or METRICS_ALLOWED_IPS for direct scrapes) when ABFLOW_ENV=production"
+        )
+    if METRICS_TOKEN and len(METRICS_TOKEN) < METRICS_TOKEN_MIN_LENGTH:
+        raise ImproperlyConfigured(
+            f"METRICS_TOKEN must be {METRICS_TOKEN_MIN_LENGTH}+ characters when ABFLOW_ENV=production"
+        )
 # Rejected requests are logged per class (reason, field) with a count, at most
 # once per this many seconds per process, never one line per event.
 AB_REJECTION_LOG_INTERVAL = env_float("AB_REJECTION_LOG_INTERVAL", 60.0, minimum=0.0)
@@ -315,9 +388,28 @@ CELERY_BEAT_SCHEDULE = {
 # LOG_FORMAT=json (default): one JSON object per line, with the fields passed
 # in ``extra`` (drain runs, rejection summaries) as top-level keys, for log
 # shippers. LOG_FORMAT=plain for reading in a terminal.
-LOG_FORMAT = env_str("LOG_FORMAT", "json")
+LOG_FORMAT = env_str("LOG_FORMAT", "json").strip().lower()
 if LOG_FORMAT not in {"json", "plain"}:
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not json or plain")
+
+# The level names logging.config knows, WARN being an alias of WARNING (as
+# for the web server, deploy/). Anything else stops start-up rather than
+# logging at a level nobody chose.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVEL_ALIASES = {"WARN": "WARNING"}
+
+
+def log_level(raw: str, *, variable: str = "LOG_LEVEL") -> str:
+    """``"warning"`` / ``" Warning "`` -> ``"WARNING"``; an unknown level stops start-up naming the variable."""
+    level = raw.strip().upper()
+    level = LOG_LEVEL_ALIASES.get(level, level)
+    if level not in LOG_LEVELS:
+        raise ImproperlyConfigured(f"{variable}={raw!r} is not one of {', '.join(LOG_LEVELS)} (any case)")
+    return level
+
+
+# Any case: LOG_LEVEL=warning used to crash start-up in logging.config.
+LOG_LEVEL = log_level(env_str("LOG_LEVEL", "") or "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -330,7 +422,7 @@ LOGGING = {
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Django's own console handler would print each line a second time, unformatted.
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},

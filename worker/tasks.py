@@ -14,9 +14,12 @@ from server.apps.front.pipeline import tasks
 @app.task(
     name="worker.tasks.flush_ab_events",
     ignore_result=True,
-    # The drain stops claiming after AB_DRAIN_BUDGET; the hard limit is a
-    # backstop for a hung database call. A killed run loses nothing: its
-    # batch returns to the queue when the lease expires.
+    # The drain stops claiming after AB_DRAIN_BUDGET. These limits are only a
+    # backstop under a prefork pool: the shipped solo worker enforces none,
+    # so what bounds a hung call is in the drain itself (the writer's
+    # AB_WRITER_STATEMENT_TIMEOUT, DB_CONNECT_TIMEOUT, Redis socket timeouts).
+    # A killed run loses nothing: its batch returns to the queue when the
+    # lease expires.
     soft_time_limit=settings.AB_DRAIN_BUDGET + 30,
     time_limit=settings.AB_DRAIN_BUDGET + 60,
 )

@@ -10,10 +10,8 @@ own browser downloads are never used.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -23,6 +21,8 @@ from server.apps.front.models import ABEvent
 from server.apps.front.pipeline import queue
 from server.apps.front.pipeline.writer import drain
 from tests.browser.chromium import BROWSER_TEST_MARKS, launch
+
+from .conftest import PageServer, drain_until, wait_for_depth
 
 pytestmark = BROWSER_TEST_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
@@ -42,50 +42,20 @@ PAGE = """<!doctype html>
     return ok;
   }};
   window.errors = [];
-  window.ab = ABTrack.init({{
+  var options = {{
     endpoint: '{api}/api/rest/front/ab-events/',
     sessionId: '{session}', variant: 'fast',
     flushInterval: 600000,  // the test decides when fetch sends; the rest waits for pagehide
     onError: function (kind, detail) {{ window.errors.push([kind, detail]); }}
-  }});
+  }};
+  // As for a user with a Django session: headers rule out sendBeacon, so keepalive fetch carries the unload.
+  if (location.search.indexOf('csrf') >= 0) {{
+    options.headers = function () {{ return {{'X-CSRFToken': 'none-needed'}}; }};
+  }}
+  window.ab = ABTrack.init(options);
 </script>
 </body></html>
 """
-
-
-class PageServer:
-    """A second origin: serves the onboarding page and a page to navigate to."""
-
-    def __init__(self, pages: dict[str, str]) -> None:
-        pages_ref = pages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = pages_ref.get(self.path.split("?")[0])
-                if body is None:
-                    self.send_error(404)
-                    return
-                data = body.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> PageServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -112,15 +82,6 @@ def browser_page(live_server, settings, monkeypatch) -> Iterator[tuple[Any, Page
                 # The ORM calls made while playwright's loop ran opened a
                 # connection that pytest-django's teardown does not see.
                 connections.close_all()
-
-
-def wait_for_depth(expected: int, timeout: float = 15.0) -> int:
-    deadline = time.monotonic() + timeout
-    depth = queue.stats().depth
-    while depth < expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-        depth = queue.stats().depth
-    return depth
 
 
 TRACK = """([steps]) => steps.map(([type, step]) => ab.track(type, {step_number: step, metadata: {via: 'chromium'}}))"""
@@ -206,3 +167,58 @@ def test_events_the_browser_refuses_at_unload_are_sent_by_the_next_page_load(bro
     drain()
     stored = ABEvent.objects.filter(session_id=session).values_list("event_id", flat=True)
     assert sorted(str(e) for e in stored) == sorted(ids)
+
+
+PADDED = """(n) => Array.from({length: n}, (_, i) =>
+  ab.track('step_completed', {step_number: i % 10, metadata: {pad: 'x'.repeat(1000)}}))"""
+
+
+@pytest.mark.parametrize("transport", ["keepalive_fetch", "beacon"])
+def test_a_queue_over_the_keepalive_budget_at_unload_lands_whole_after_the_next_load(browser_page, transport):
+    # 300 events of ~1.1 KB: five times the browser's 64 KiB keepalive budget.
+    page, server, session = browser_page
+    query = "?csrf=1" if transport == "keepalive_fetch" else ""
+    page.goto(f"{server.origin}/index.html{query}")
+    page.wait_for_function("window.ab !== undefined")
+    ids = page.evaluate(PADDED, 300)
+    assert len(set(ids)) == 300
+    page.goto(f"{server.origin}/bye.html")  # pagehide: what fits goes now, the rest waits in localStorage
+
+    page.goto(f"{server.origin}/index.html{query}")  # the next load sends what the browser did not accept
+    page.wait_for_function("window.ab !== undefined && ab.pending() === 0", timeout=30_000)
+    assert page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('abtrack:pending:')).length") == 0
+
+    assert drain_until(session, 300) == 300
+    stored = ABEvent.objects.filter(session_id=session).values_list("event_id", flat=True)
+    assert sorted(str(e) for e in stored) == sorted(ids)
+
+
+SAVED = """() => Object.keys(localStorage).filter(k => k.startsWith('abtrack:pending:'))
+  .map(k => JSON.parse(localStorage.getItem(k)).length)"""
+
+
+def test_at_pagehide_keepalive_fetches_stay_within_the_budget_and_saved_events_go_once_accepted(browser_page):
+    page, server, session = browser_page
+    page.goto(f"{server.origin}/index.html?csrf=1")
+    page.wait_for_function("window.ab !== undefined")
+    page.evaluate("() => { ab.opts.maxBatchEvents = 1000; }")  # nothing leaves while tracking
+    ids = page.evaluate(PADDED, 300)
+    # pagehide without leaving (as into the back/forward cache): the page lives on and sees every answer.
+    page.evaluate("() => window.dispatchEvent(new PageTransitionEvent('pagehide'))")
+    in_flight = page.evaluate(
+        "() => ({bytes: ab.keepaliveBytes, requests: ab.requests.length, queued: ab.queue.length})"
+    )
+    assert 0 < in_flight["bytes"] <= 65536
+    assert in_flight["requests"] >= 1 and in_flight["queued"] > 0
+    assert page.evaluate(SAVED) == [300]  # unanswered ones included
+
+    page.wait_for_function("ab.requests.length === 0")
+    assert page.evaluate("() => window.errors.map(e => e[0])") == []  # no keepalive fetch was refused
+    assert page.evaluate(SAVED) == [300 - wait_for_depth(1)]  # answered ones left storage, the rest stays
+    page.evaluate("() => ab.flush()")
+    assert page.evaluate("() => ab.pending()") == 0
+    assert page.evaluate(SAVED) == []
+    assert drain_until(session, 300) == 300
+    assert sorted(str(e) for e in ABEvent.objects.filter(session_id=session).values_list("event_id", flat=True)) == (
+        sorted(ids)
+    )

@@ -159,3 +159,14 @@ def test_batch_events_of_a_session_user_are_linked_to_the_user(client):
 def test_an_empty_batch_is_accepted_and_touches_nothing(client):
     response = post(client, BATCH_URL, {"events": []})
     assert response.json() == {"success": True, "accepted": 0, "rejected": []}
+
+
+@pytest.mark.parametrize("bad_id", [7, 1, True, False, 0])
+def test_an_event_id_that_is_not_a_string_is_rejected_by_index(client, bad_id):
+    events = [event(session_id="numbered", event_id=bad_id), event(session_id="plain")]
+    response = post(client, BATCH_URL, {"events": events})
+    assert response.json()["accepted"] == 1
+    assert response.json()["rejected"][0]["index"] == 0
+    assert "event_id" in response.json()["rejected"][0]["errors"]
+    drain()
+    assert list(ABEvent.objects.values_list("session_id", flat=True)) == ["plain"]

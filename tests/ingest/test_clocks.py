@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
+from server.apps.front.ingest.clocks import corrected_time
 from server.apps.front.models import ABEvent
 from server.apps.front.pipeline import queue
 from server.apps.front.pipeline.writer import drain
@@ -111,3 +112,73 @@ def test_a_queued_item_from_before_the_clock_fields_still_drains(rq):
     assert drain().stored == 1
     row = ABEvent.objects.get()
     assert row.session_id == "old" and row.client_ts is None and row.event_time is None
+
+
+# Valid ISO-8601 and epoch milliseconds, but outside the years 1-9999 once in
+# UTC: the writer could not turn them back into a datetime (OverflowError).
+UNSTORABLE_TIMES = [
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59-01:00",
+    "0001-01-01T00:30:00+00:59",
+    -62_135_596_800_001,  # one millisecond before 0001-01-01T00:00:00Z
+    253_402_300_800_000,  # 10000-01-01T00:00:00Z
+]
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE_TIMES)
+def test_a_client_ts_outside_the_storable_years_is_refused_by_field_on_the_single_endpoint(client, bad):
+    response = post(client, SINGLE_URL, event(client_ts=bad, sent_at=iso(timezone.now())))
+    assert response.status_code == 400
+    assert response.json()["success"] is False
+    assert "client_ts" in response.json()["errors"]
+    assert queue.stats().depth == 0
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE_TIMES)
+def test_a_sent_at_outside_the_storable_years_is_refused_by_field(client, bad):
+    single = post(client, SINGLE_URL, event(sent_at=bad))
+    assert single.status_code == 400
+    assert "sent_at" in single.json()["errors"]
+    batch = post(client, BATCH_URL, {"events": [event()], "sent_at": bad})
+    assert batch.status_code == 400
+    assert "sent_at" in batch.json()["errors"]
+    assert queue.stats().depth == 0
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE_TIMES)
+def test_an_unstorable_client_ts_is_rejected_by_index_and_its_batch_mates_land(client, bad):
+    events = [event(session_id="before"), event(session_id="poison", client_ts=bad), event(session_id="after")]
+    response = post(client, BATCH_URL, {"events": events, "sent_at": iso(timezone.now())})
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 2
+    assert [r["index"] for r in response.json()["rejected"]] == [1]
+    assert "client_ts" in response.json()["rejected"][0]["errors"]
+    result = drain()
+    assert (result.stored, result.dead_lettered) == (2, 0)
+    assert sorted(ABEvent.objects.values_list("session_id", flat=True)) == ["after", "before"]
+
+
+@pytest.mark.parametrize(
+    ("edge", "expected"),
+    [
+        ("0001-01-01T01:00:00+01:00", datetime(1, 1, 1, tzinfo=UTC)),
+        ("9999-12-31T22:59:59.999999-01:00", datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        (-62_135_596_800_000, datetime(1, 1, 1, tzinfo=UTC)),
+    ],
+)
+def test_the_first_and_last_storable_instants_are_accepted_and_stored_exactly(client, edge, expected):
+    response = post(client, BATCH_URL, {"events": [event(client_ts=edge)], "sent_at": iso(timezone.now())})
+    assert response.json()["accepted"] == 1
+    result = drain()
+    assert (result.stored, result.dead_lettered) == (1, 0)
+    row = ABEvent.objects.get()
+    assert row.client_ts == expected
+    # The corrected time is clamped to the last AB_CLIENT_TS_MAX_AGE seconds whatever the reading.
+    assert row.timestamp - timedelta(seconds=7 * 86_400) <= row.event_time <= row.timestamp
+
+
+def test_a_max_age_reaching_back_past_year_one_clamps_instead_of_overflowing():
+    now = timezone.now()
+    first = datetime(1, 1, 1, tzinfo=UTC)
+    corrected = corrected_time(first, now, now, timedelta(days=800_000))  # ~2,190 years back
+    assert corrected == first

@@ -5,7 +5,9 @@ Real Redis and real PostgreSQL; events are drained with the real writer.
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
 import time
 import uuid
 from datetime import timedelta
@@ -20,6 +22,7 @@ from rest_framework.test import APIClient
 
 from devtools.embedded import free_port
 from server.apps.front.models import ABEvent
+from server.apps.front.ops import metrics
 from server.apps.front.pipeline import queue
 from server.apps.front.pipeline.writer import drain
 
@@ -158,6 +161,10 @@ HARDENING_CASES = {
     "step-float": ({"step_number": 1.5}, "step_number"),
     "step-nan": ('"step_number": NaN', "step_number"),
     "event-id-not-uuid": ({"event_id": "123"}, "event_id"),
+    # DRF's UUIDField reads integers as UUID(int=...): 7 and true would be ids.
+    "event-id-integer": ({"event_id": 7}, "event_id"),
+    "event-id-true": ({"event_id": True}, "event_id"),
+    "event-id-uuid-as-integer": ({"event_id": 2**128 - 1}, "event_id"),
     "metadata-list": ({"metadata": [1, 2]}, "metadata"),
     "metadata-string": ({"metadata": "x"}, "metadata"),
     "metadata-nan": ('"metadata": {"time_spent_ms": NaN}', "metadata"),
@@ -240,6 +247,56 @@ def test_unresponsive_redis_gives_503_in_under_a_second(client, settings):
     assert elapsed < 1.0
 
 
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def log_records():
+    """Records of django.request and abflow.metrics (the "django" logger does not propagate to caplog)."""
+    handler = Records()
+    loggers = [logging.getLogger("django.request"), logging.getLogger("abflow.metrics")]
+    metrics.REJECTIONS.flush()  # what earlier tests left pending
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield handler.records
+    for logger in loggers:
+        logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("cause", ["redis_down", "queue_full"])
+def test_503s_are_logged_per_class_not_per_request(client, settings, log_records, cause):
+    if cause == "redis_down":
+        settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    else:
+        settings.AB_QUEUE_MAX = 0
+    codes = [post_json(client, event()).status_code for _ in range(20)]
+    codes.append(client.post(BATCH_URL, {"events": [event()]}, format="json").status_code)
+    metrics.REJECTIONS.flush()
+    assert codes == [503] * 21
+    assert [r for r in log_records if r.name == "django.request"] == []
+    summaries = [r for r in log_records if r.getMessage() == "ab_rejected" and r.reason == cause]
+    assert sum(r.count for r in summaries) == 21
+    assert len(summaries) <= 2  # the first at once, the rest as one count
+
+
+def test_a_500_is_still_logged_by_django(client, log_records, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("server.apps.front.ingest.service.enqueue", broken)
+    client.raise_request_exception = False
+    response = post_json(client, event())
+    assert response.status_code == 500
+    assert response.json() == {"success": False, "errors": {"server": ["Internal Server Error."]}}
+    assert [r.levelname for r in log_records if r.name == "django.request"] == ["ERROR"]
+
+
 def test_full_queue_gives_503_backpressure_and_keeps_what_was_queued(client, settings):
     settings.AB_QUEUE_MAX = 3
     codes = [post_json(client, event(session_id=f"s-{i}")).status_code for i in range(5)]
@@ -256,3 +313,145 @@ def test_receive_time_survives_a_long_queue_wait(client):
     assert stats.oldest_age_seconds is not None and stats.oldest_age_seconds < 5
     drain()
     assert timezone.now() - ABEvent.objects.get().timestamp < timedelta(seconds=5)
+
+
+# --- no 5xx for any input: every answer in the envelope, in production and in DEBUG -------
+
+BATCH_URL = "/api/rest/front/ab-events/"
+ENDPOINTS = [URL, BATCH_URL]
+VALID_EVENT = b'{"session_id": "s-1", "variant": "fast", "event_type": "variant_assigned"}'
+
+
+@pytest.fixture(params=[False, True], ids=["production", "debug"])
+def debug(request, settings):
+    settings.DEBUG = request.param
+    return request.param
+
+
+def send(client: APIClient, url: str, body: bytes, content_type: str = "application/json", **extra):
+    """POST raw bytes: client.post() would re-encode them in the declared charset first."""
+    return client.generic("POST", url, body, content_type=content_type, **extra)
+
+
+def assert_envelope(response, status: int, field: str) -> dict:
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].startswith("application/json")
+    payload = json.loads(response.content.decode("utf-8"))
+    assert payload["success"] is False
+    assert field in payload["errors"], payload
+    return payload
+
+
+def as_batch(event_json: bytes) -> bytes:
+    return b'{"events": [%s, %s]}' % (event_json, VALID_EVENT)
+
+
+@pytest.mark.parametrize("url", ENDPOINTS)
+@pytest.mark.parametrize("charset", ["rot13", "base64", "hex", "zlib", "bz2", "uu", "quopri", "no-such-charset"])
+@pytest.mark.parametrize("body", [b"{", VALID_EVENT], ids=["broken", "valid"])
+def test_a_charset_that_is_not_a_text_encoding_gets_415(client, debug, url, charset, body):
+    response = send(client, url, body, content_type=f"application/json; charset={charset}")
+    assert_envelope(response, 415, "content_type")
+    assert queue.stats().depth == 0
+
+
+def test_a_body_in_its_declared_text_charset_is_still_read(client):
+    body = VALID_EVENT.decode().replace("s-1", "ßü").encode("utf-16")
+    assert send(client, URL, body, content_type="application/json; charset=utf-16").status_code == 201
+    drain()
+    assert ABEvent.objects.get().session_id == "ßü"
+
+
+DEEP_BODIES = {
+    # Past orjson's 1,024 levels: the lenient parser would recurse to a RecursionError.
+    "array-1025": b"[" * 1025 + b"]" * 1025,
+    "object-5000": b'{"a":' * 5000 + b"1" + b"}" * 5000,
+}
+
+
+@pytest.mark.parametrize("url", ENDPOINTS)
+@pytest.mark.parametrize("body", DEEP_BODIES.values(), ids=DEEP_BODIES.keys())
+def test_a_body_nested_too_deeply_to_parse_gets_400(client, debug, url, body):
+    assert_envelope(send(client, url, body), 400, "body")
+    assert queue.stats().depth == 0
+
+
+@pytest.mark.parametrize("url", ENDPOINTS)
+def test_a_deep_body_the_lenient_parser_reads_gets_a_4xx(client, debug, url):
+    # Within orjson's depth, but NaN sends it to the stdlib parser, which may
+    # or may not reach the recursion limit (that depends on the stack's depth).
+    body = b'{"t": NaN, "x": ' + b"[" * 990 + b"]" * 990 + b"}"
+    for sent in (body, b'{"events": [%s]}' % body):
+        response = send(client, url, sent)
+        assert response.status_code in (200, 400), response.content
+        assert json.loads(response.content)["success"] is (response.status_code == 200)
+    assert queue.stats().depth == 0
+
+
+def nested_event(key: str, levels: int) -> bytes:
+    return VALID_EVENT[:-1] + b', "%s": %s1%s}' % (key.encode(), b'{"a":' * levels, b"}" * levels)
+
+
+@pytest.mark.parametrize("levels", [300, 950])
+@pytest.mark.parametrize(("key", "field"), [("metadata", "metadata"), ("unknown_key", "event")])
+def test_an_event_nested_too_deeply_to_measure_is_refused_by_field(client, debug, key, field, levels):
+    body = nested_event(key, levels)
+    assert_envelope(send(client, URL, body), 400, field)
+    response = send(client, BATCH_URL, as_batch(body))
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 1
+    assert field in response.json()["rejected"][0]["errors"]
+    drain()
+    assert ABEvent.objects.count() == 1
+
+
+LONE_SURROGATES = {
+    "variant": b'"variant": "\\ud800"',
+    "event_type": b'"event_type": "x\\udfff"',
+    "session_id": b'"session_id": "\\ud800"',
+    "event_id": b'"event_id": "\\udc00"',
+    "client_ts": b'"client_ts": "2024-01-01T00:00:00Z\\ud800"',
+    "metadata": b'"metadata": {"\\ud800": 1}',
+}
+
+
+def with_field(fragment: bytes) -> bytes:
+    # A later key wins in JSON objects: the fragment replaces the valid value.
+    return VALID_EVENT[:-1] + b", " + fragment + b"}"
+
+
+@pytest.mark.parametrize(("field", "fragment"), LONE_SURROGATES.items(), ids=LONE_SURROGATES.keys())
+def test_a_lone_surrogate_is_refused_without_breaking_the_answer(client, debug, field, fragment):
+    assert_envelope(send(client, URL, with_field(fragment)), 400, field)
+    response = send(client, BATCH_URL, as_batch(with_field(fragment)))
+    assert response.status_code == 200
+    payload = json.loads(response.content.decode("utf-8"))
+    assert payload["accepted"] == 1
+    assert field in payload["rejected"][0]["errors"]
+
+
+@pytest.mark.parametrize("url", ENDPOINTS)
+def test_gzip_bodies_take_the_same_paths(client, debug, url):
+    deep = gzip.compress(DEEP_BODIES["array-1025"])
+    assert_envelope(send(client, url, deep, HTTP_CONTENT_ENCODING="gzip"), 400, "body")
+    rot13 = gzip.compress(VALID_EVENT)
+    response = send(client, url, rot13, content_type="text/plain; charset=rot13", HTTP_CONTENT_ENCODING="gzip")
+    assert_envelope(response, 415, "content_type")
+    assert_envelope(send(client, url, b"not gzip", HTTP_CONTENT_ENCODING="gzip"), 400, "body")
+    assert_envelope(send(client, url, VALID_EVENT, HTTP_CONTENT_ENCODING="br"), 415, "content_encoding")
+
+
+@pytest.mark.parametrize("path", ["/api/rest/front/ab-event", "/api/rest/front/ab-events", "/api/rest/front/nope/"])
+def test_a_post_to_no_endpoint_gets_404_in_the_envelope(client, debug, path):
+    # Without the slash CommonMiddleware would redirect (a POST turned GET) or, in DEBUG, raise.
+    assert_envelope(send(client, path, VALID_EVENT), 404, "path")
+
+
+@pytest.mark.parametrize("url", ENDPOINTS)
+def test_request_level_errors_are_in_the_envelope(client, debug, url, settings):
+    assert_envelope(client.get(url), 405, "method")
+    assert_envelope(send(client, url, VALID_EVENT, HTTP_ACCEPT="text/html"), 406, "accept")
+    assert_envelope(send(client, url, VALID_EVENT, content_type="application/xml"), 415, "content_type")
+    assert_envelope(send(client, url, VALID_EVENT, HTTP_HOST="bad host"), 400, "request")
+    settings.AB_MAX_BODY_BYTES = 1024
+    assert_envelope(send(client, url, b" " * 2000), 413, "body")

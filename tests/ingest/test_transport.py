@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import tracemalloc
+import uuid
 import zlib
 
 import pytest
@@ -198,3 +199,33 @@ def test_abtrack_js_is_served_as_a_static_file(client):
     assert "javascript" in response["Content-Type"]
     content = b"".join(response.streaming_content) if response.streaming else response.content
     assert b"navigator.sendBeacon" in content
+
+
+@pytest.mark.parametrize(
+    ("name", "marker"), [("abtrack.mjs", b"export default ABTrack"), ("abtrack.d.ts", b"export declare class Tracker")]
+)
+def test_abtrack_module_and_types_are_served_to_any_origin(client, name, marker):
+    # A module script from another origin is fetched with CORS; WhiteNoise allows every origin on static files.
+    response = client.get(f"/static/abtrack/{name}", HTTP_ORIGIN="https://elsewhere.example.org")
+    assert response.status_code == 200
+    if name.endswith(".mjs"):
+        assert response["Content-Type"].startswith("text/javascript")
+    assert response["Access-Control-Allow-Origin"] == "*"
+    content = b"".join(response.streaming_content) if response.streaming else response.content
+    assert marker in content
+
+
+@pytest.mark.parametrize("url", [SINGLE_URL, BATCH_URL])
+def test_events_carrying_abtracks_seq_are_accepted_and_stored(client, url):
+    events = [event(session_id="seq-1", seq=n, event_id=str(uuid.uuid4())) for n in (1, 2)]
+    if url == SINGLE_URL:
+        answers = [post(client, url, one) for one in events]
+        assert [a.status_code for a in answers] == [201, 201]
+    else:
+        answer = post(client, url, {"events": events})
+        assert answer.json() == {"success": True, "accepted": 2, "rejected": []}
+    drain()
+    rows = ABEvent.objects.filter(session_id="seq-1").order_by("client_ts", "timestamp")
+    assert sorted(str(row.event_id) for row in rows) == sorted(e["event_id"] for e in events)
+    if "seq" in {field.name for field in ABEvent._meta.get_fields()}:  # stored once the server keeps it
+        assert sorted(row.seq for row in rows) == [1, 2]

@@ -95,8 +95,14 @@ def promtool() -> str | None:
 
 
 @pytest.mark.skipif(promtool() is None, reason="promtool not installed (Debian package prometheus, or set PROMTOOL)")
-def test_alert_rules_pass_promtool_checks_and_unit_tests():
+def test_alert_rules_pass_promtool_checks_and_unit_tests(tmp_path):
     """Syntax, and deploy/prometheus/alerts_test.yml: each key alert fires when it should and not otherwise."""
-    for args in (["check", "config", str(PROMETHEUS)], ["test", "rules", str(ALERTS.parent / "alerts_test.yml")]):
+    # As installed: the config beside the bearer-token file it reads (promtool checks that it exists).
+    installed = shutil.copytree(PROMETHEUS.parent, tmp_path / "prometheus")
+    (installed / "abflow-metrics-token").write_text("a-token-the-operator-wrote-here\n")
+    for args in (
+        ["check", "config", str(installed / PROMETHEUS.name)],
+        ["test", "rules", str(ALERTS.parent / "alerts_test.yml")],
+    ):
         result = subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr

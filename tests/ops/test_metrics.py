@@ -9,10 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.test import Client
+from django.test import Client, RequestFactory, override_settings
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from devtools.embedded import free_port
 from server.apps.front.ops import metrics
+from server.apps.front.ops import views as ops_views
 from server.apps.front.pipeline import queue, writer
 from tests.factories import queue_item as make_item
 
@@ -111,6 +115,9 @@ def test_full_queue_is_counted_as_queue_full(web, settings):
     assert after.since(before, "abflow_events_rejected_total", reason="queue_full", field="") == 1
 
 
+TOKEN = "s3cret-token-of-24-characters"
+
+
 @pytest.mark.parametrize(
     ("allowed", "token", "remote", "auth", "status"),
     [
@@ -119,16 +126,57 @@ def test_full_queue_is_counted_as_queue_full(web, settings):
         ("127.0.0.1,::1", "", "203.0.113.9", "", 403),
         ("10.0.0.0/8", "", "10.20.30.40", "", 200),
         ("10.0.0.0/8", "", "11.0.0.1", "", 403),
-        ("127.0.0.1", "s3cret-token", "203.0.113.9", "Bearer s3cret-token", 200),
-        ("127.0.0.1", "s3cret-token", "203.0.113.9", "Bearer wrong", 403),
+        ("127.0.0.1", TOKEN, "203.0.113.9", f"Bearer {TOKEN}", 200),
+        ("127.0.0.1", TOKEN, "203.0.113.9", f"bearer  {TOKEN} ", 200),
+        ("127.0.0.1", TOKEN, "203.0.113.9", "Bearer wrong", 403),
+        ("127.0.0.1", TOKEN, "203.0.113.9", f"Basic {TOKEN}", 403),
         ("127.0.0.1", "", "203.0.113.9", "Bearer ", 403),
+        ("", "", "127.0.0.1", "", 403),
+        ("", TOKEN, "127.0.0.1", "", 403),
     ],
 )
 def test_metrics_is_served_only_to_allowed_addresses_or_the_token(settings, allowed, token, remote, auth, status):
-    settings.METRICS_ALLOWED_IPS = allowed.split(",")
+    settings.METRICS_ALLOWED_IPS = [item for item in allowed.split(",") if item]
     settings.METRICS_TOKEN = token
     headers = {"HTTP_AUTHORIZATION": auth} if auth else {}
     assert Client(REMOTE_ADDR=remote).get("/metrics", **headers).status_code == status
+
+
+PROXY_HEADERS = {
+    "HTTP_X_FORWARDED_FOR": "203.0.113.9",
+    "HTTP_FORWARDED": "for=203.0.113.9;proto=https",
+    "HTTP_X_REAL_IP": "203.0.113.9",
+    "HTTP_X_FORWARDED_PROTO": "https",
+    "HTTP_X_FORWARDED_HOST": "abflow.example.com",
+    "HTTP_VIA": "1.1 proxy",
+}
+
+
+@pytest.mark.parametrize(("header", "value"), PROXY_HEADERS.items())
+def test_a_request_relayed_by_a_local_proxy_is_not_local(settings, header, value):
+    """Behind the shipped reverse proxy every request comes from 127.0.0.1: the allow-list must not admit it."""
+    settings.METRICS_ALLOWED_IPS = ["127.0.0.1", "::1"]
+    settings.METRICS_TOKEN = TOKEN
+    proxy = Client(REMOTE_ADDR="127.0.0.1")
+    refused = proxy.get("/metrics", **{header: value})
+    assert refused.status_code == 403
+    assert refused.json() == {"error": "forbidden: a proxied request needs the METRICS_TOKEN bearer token"}
+    assert proxy.get("/metrics", **{header: value, "HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}).status_code == 200
+    # The same peer without the proxy's header is a direct scrape from loopback.
+    assert proxy.get("/metrics").status_code == 200
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    header=st.sampled_from(sorted(PROXY_HEADERS)) | st.from_regex(r"\AHTTP_X_FORWARDED_[A-Z_]{1,12}\Z"),
+    value=st.text(max_size=40),
+    auth=st.just(f"Bearer {TOKEN}") | st.text(max_size=60),
+    remote=st.sampled_from(["127.0.0.1", "::1", "::ffff:127.0.0.1", "10.1.2.3"]),
+)
+def test_a_proxied_request_is_admitted_by_the_token_only_whatever_it_carries(header, value, auth, remote):
+    request = RequestFactory().get("/metrics", REMOTE_ADDR=remote, HTTP_AUTHORIZATION=auth, **{header: value})
+    with override_settings(METRICS_ALLOWED_IPS=["127.0.0.0/8", "::1", "10.0.0.0/8"], METRICS_TOKEN=TOKEN):
+        assert ops_views.scrape_allowed(request) == (auth == f"Bearer {TOKEN}")
 
 
 MULTIPROCESS_SCRIPT = """

@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from io import StringIO
 
 import orjson
+import psycopg2
 import pytest
 from django.core.management import call_command
 from django.db import connection
@@ -137,6 +140,38 @@ def test_ab_flush_command_drains_and_prints_how_many_were_stored():
     assert ABEvent.objects.count() == 7
 
 
+PROGRESS = re.compile(
+    r"^progress: (?P<stored>[\d,]+) stored, (?P<dead>[\d,]+) dead-lettered, "
+    r"(?P<rate>[\d,]+) events/s, (?P<queued>[\d,]+) queued, (?P<seconds>\d+\.\d)s$"
+)
+
+
+def test_ab_flush_prints_progress_lines_with_stored_dead_lettered_rate_and_what_is_still_queued():
+    queue.push([item(session_id=f"s-{i}") for i in range(15)] + [b"{not json"] + [item(session_id=f"s-{i}") for i in range(15, 50)])
+    out = StringIO()
+    call_command("ab_flush", "--batch-size", "10", "--progress-every", "0", stdout=out)
+
+    *lines, summary = out.getvalue().splitlines()
+    assert summary.startswith("stored 50 events in 6 batches (1 dead-lettered")
+    progress = [PROGRESS.match(line) for line in lines]
+    assert all(progress), lines
+    figures = [{k: int(v.replace(",", "")) for k, v in m.groupdict().items() if k != "seconds"} for m in progress]
+    assert [f["stored"] for f in figures] == [10, 19, 29, 39, 49, 50]
+    assert [f["dead"] for f in figures] == [0, 1, 1, 1, 1, 1]
+    assert [f["queued"] for f in figures] == [41, 31, 21, 11, 1, 0]
+    assert all(f["rate"] > 0 for f in figures)
+    seconds = [float(m["seconds"]) for m in progress]
+    assert seconds == sorted(seconds)
+
+
+def test_ab_flush_prints_no_progress_before_its_interval_has_passed():
+    queue.push([item(session_id=f"s-{i}") for i in range(30)])
+    out = StringIO()
+    call_command("ab_flush", "--batch-size", "10", stdout=out)  # default: every 5 s; this takes far less
+    (summary,) = out.getvalue().splitlines()
+    assert summary.startswith("stored 30 events in 3 batches")
+
+
 def test_push_and_claim_move_large_batches_past_the_lua_stack_limit(rq):
     items = [item(session_id=f"s-{i}") for i in range(12_000)]
     assert queue.push(items) == 12_000
@@ -144,3 +179,42 @@ def test_push_and_claim_move_large_batches_past_the_lua_stack_limit(rq):
     assert batch is not None and len(batch.items) == 10_000
     queue.ack(batch)
     assert queue.stats().depth == 2_000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_hung_on_a_lock_times_out_and_the_batch_waits_in_redis_until_the_lock_is_gone(rq, settings):
+    # The solo worker enforces no Celery time limit; the writer's own
+    # statement_timeout must end a write stuck behind another session's lock.
+    settings.AB_WRITER_STATEMENT_TIMEOUT = 0.5
+    items = [item(session_id=f"s-{i}") for i in range(25)]
+    queue.push(items)
+    db = connection.settings_dict
+    locker = psycopg2.connect(
+        dbname=db["NAME"], user=db["USER"], host=db["HOST"], port=db["PORT"], password=db["PASSWORD"] or None
+    )
+    # A safety valve so that a writer without the timeout fails this test instead of hanging it.
+    valve = threading.Timer(8.0, locker.rollback)
+    try:
+        locker.cursor().execute("LOCK TABLE ab_events IN ACCESS EXCLUSIVE MODE")
+        valve.start()
+        started = time.monotonic()
+        result = writer.drain(batch_size=10)
+        elapsed = time.monotonic() - started
+    finally:
+        valve.cancel()
+        locker.rollback()
+        locker.close()
+
+    assert elapsed < 5
+    assert result.stored == 0
+    assert result.error and "statement timeout" in result.error
+    stats = queue.stats()
+    assert (stats.depth, stats.inflight, stats.dead) == (25, 0, 0)  # handed back whole, nothing dead-lettered
+    assert rq.lrange(queue.keys().queue, 0, -1) == items
+    with connection.cursor() as cursor:  # SET LOCAL: the bound ends with the writer's transaction
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == "0"
+
+    result = writer.drain(batch_size=10)  # the lock is gone
+    assert (result.error, result.stored) == (None, 25)
+    assert ABEvent.objects.count() == 25

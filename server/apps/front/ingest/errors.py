@@ -13,8 +13,9 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
+from rest_framework.exceptions import ErrorDetail
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
@@ -24,7 +25,28 @@ from server.apps.front.pipeline import queue
 
 def envelope(errors: Any) -> dict[str, Any]:
     """The body of every rejection."""
-    return {"success": False, "errors": errors}
+    return {"success": False, "errors": encodable(errors)}
+
+
+def encodable(detail: Any) -> Any:
+    """Error details that UTF-8 can carry: lone surrogates as ``\\udXXX`` text.
+
+    Some messages quote the client's value (DRF's ``"x" is not a valid
+    choice.``, ``"x" is not a valid UUID.``). A lone surrogate in that value
+    (valid in JSON's ``\\ud800`` escape, not in UTF-8) would make the renderer
+    fail: a 500 for a bad event.
+    """
+    if isinstance(detail, dict):
+        return {encodable(key): encodable(value) for key, value in detail.items()}
+    if isinstance(detail, list):
+        return [encodable(item) for item in detail]
+    if isinstance(detail, str):
+        try:
+            detail.encode("utf-8")
+        except UnicodeEncodeError:
+            text = detail.encode("utf-8", "backslashreplace").decode("utf-8")
+            return ErrorDetail(text, getattr(detail, "code", None))
+    return detail
 
 
 def invalid(errors: Any) -> Response:
@@ -67,6 +89,9 @@ _ERROR_FIELDS: list[tuple[type[Exception], str]] = [
     (exceptions.ParseError, "body"),
     (exceptions.UnsupportedMediaType, "content_type"),
     (exceptions.MethodNotAllowed, "method"),
+    (exceptions.NotAcceptable, "accept"),
+    (exceptions.NotFound, "path"),
+    (Http404, "path"),  # DRF answers it as NotFound
     (exceptions.Throttled, "throttle"),
     (exceptions.NotAuthenticated, "auth"),
     (exceptions.AuthenticationFailed, "auth"),
@@ -101,4 +126,9 @@ def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Respo
     response.data = envelope(errors)
     if isinstance(exc, QueueUnavailable):
         response["Retry-After"] = str(settings.AB_RETRY_AFTER)
+        # Counted and logged per class above (record_rejection: reason
+        # redis_down / queue_full), like every rejection. Django would add an
+        # ERROR line per request (it logs every 5xx): one per event during
+        # an outage. The flag is Django's own "already logged" marker.
+        response._has_been_logged = True
     return response

@@ -7,17 +7,27 @@ byte is read) and as inflated (zlib is asked for at most the cap plus one
 byte, so memory stays bounded whatever the ratio). Over the cap: 413 in the
 spec's envelope. The inflated body then replaces the request's, so parsers,
 CSRF checks and views see plain JSON and never know it was compressed.
+
+The same middleware keeps every error under the prefix in the envelope, for
+answers the views never produce: a path that does not resolve (404; a POST
+without the trailing slash would otherwise be a 301, or a RuntimeError in
+DEBUG), and Django's own HTML error pages (a bad ``Host`` header, a
+``SuspiciousOperation``, a 500) become ``{"success": false, "errors": ...}``
+with the same status and headers.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from functools import lru_cache
 from io import BytesIO
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
+from django.urls import Resolver404, resolve
 
 from server.apps.front.ingest.errors import error_response
 
@@ -89,15 +99,61 @@ def prepare_body(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+# The key of ``errors`` for an error page Django made; "request" for the rest.
+_PAGE_FIELDS = {403: "auth", 404: "path", 405: "method", 413: "body", 431: "headers"}
+_SAFE_METHODS = {"GET", "HEAD"}
+
+
+def unresolvable(request: HttpRequest) -> HttpResponse | None:
+    """A 404 in the envelope for a path that matches no view; None if one does.
+
+    Only for methods APPEND_SLASH cannot help: a GET without the slash is
+    still redirected by CommonMiddleware.
+    """
+    urlconf = getattr(request, "urlconf", None) or settings.ROOT_URLCONF
+    if request.method in _SAFE_METHODS or _resolves(request.path_info, urlconf):
+        return None
+    hint = " (the endpoints end with a slash)" if not request.path_info.endswith("/") else ""
+    return error_response(404, "path", f"No endpoint at this path{hint}.")
+
+
+@lru_cache(maxsize=256)
+def _resolves(path: str, urlconf: Any) -> bool:
+    # Cached: resolving costs ~15 us, and nearly every request is to one of two paths.
+    try:
+        resolve(path, urlconf)
+    except Resolver404:
+        return False
+    return True
+
+
+def in_envelope(response: HttpResponse) -> HttpResponse:
+    """An error page that is not JSON, as the envelope with the same status and headers."""
+    if response.status_code < 400 or response.get("Content-Type", "").startswith("application/json"):
+        return response
+    field = _PAGE_FIELDS.get(response.status_code, "server" if response.status_code >= 500 else "request")
+    answer = error_response(response.status_code, field, f"{response.reason_phrase}.")
+    for name, value in response.items():
+        if name.lower() not in {"content-type", "content-length"}:
+            answer[name] = value
+    answer.cookies = response.cookies
+    # Django logged the page when it made it (a 500 with its traceback): not twice.
+    answer._has_been_logged = getattr(response, "_has_been_logged", False)
+    return answer
+
+
 class IngestBodyMiddleware:
-    """Applies :func:`prepare_body` to POSTs under ``AB_INGEST_PATH_PREFIX``."""
+    """Under ``AB_INGEST_PATH_PREFIX``: :func:`prepare_body` for POSTs, every error in the envelope."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "POST" and request.path_info.startswith(settings.AB_INGEST_PATH_PREFIX):
+        if not request.path_info.startswith(settings.AB_INGEST_PATH_PREFIX):
+            return self.get_response(request)
+        error = unresolvable(request)
+        if error is None and request.method == "POST":
             error = prepare_body(request)
-            if error is not None:
-                return error
-        return self.get_response(request)
+        if error is not None:
+            return error
+        return in_envelope(self.get_response(request))

@@ -5,21 +5,53 @@ Browsers send ``application/json`` from ``fetch`` and ``text/plain`` from
 preflight); both carry the same JSON.
 
 orjson parses the common case fast. A body it refuses may still be JSON that
-Python reads (``NaN``, ``Infinity``, lone surrogates): those are parsed
-leniently so that the field validators reject them *by field name*, which
-tells the client what is wrong; nothing non-finite or unencodable gets past
-the serializer.
+Python reads (``NaN``, ``Infinity``, lone surrogates, or text in the declared
+``charset``): those are parsed leniently so that the field validators reject
+them *by field name*, which tells the client what is wrong; nothing
+non-finite or unencodable gets past the serializer.
+
+Whatever the body, parsing ends in a value or a 4xx: a ``charset`` that is
+not a text encoding (``rot13``, ``base64``, ``zlib``, an unknown name) is a
+415; JSON nested deeper than orjson's 1,024 levels, which the lenient parser
+would meet as a RecursionError, is a 400.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 from typing import Any
 
 import orjson
 from django.conf import settings
-from rest_framework.exceptions import ParseError
+from django.http import UnreadablePostError
+from django.utils.http import parse_header_parameters
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import BaseParser
+
+
+def body_charset(media_type: str | None, default: str) -> str:
+    """The ``charset`` of a Content-Type, if it names a text encoding; else UnsupportedMediaType.
+
+    Django keeps any name ``codecs`` knows (``rot13`` too, whose decode()
+    raises LookupError) and silently drops unknown ones; both are refused
+    here, before a byte is decoded.
+    """
+    _, params = parse_header_parameters(media_type or "")
+    charset = params.get("charset", "").strip()
+    if not charset:
+        return default
+    try:
+        info = codecs.lookup(charset)
+    except LookupError:
+        info = None
+    # _is_text_encoding is what bytes.decode() itself checks (False for the
+    # bytes-to-bytes and str-to-str codecs).
+    if info is None or not getattr(info, "_is_text_encoding", True):
+        raise UnsupportedMediaType(
+            media_type or "", detail=f"charset {charset!r} is not a known text encoding; send UTF-8 JSON."
+        )
+    return charset
 
 
 def parse_json_bytes(body: bytes, encoding: str = "utf-8") -> Any:
@@ -29,7 +61,9 @@ def parse_json_bytes(body: bytes, encoding: str = "utf-8") -> Any:
         pass
     try:
         return json.loads(body.decode(encoding))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except RecursionError as exc:
+        raise ParseError("JSON parse error - nested too deeply") from exc
+    except (ValueError, LookupError) as exc:  # UnicodeDecodeError is a ValueError
         raise ParseError(f"JSON parse error - {exc}") from exc
 
 
@@ -37,9 +71,11 @@ class ABEventJSONParser(BaseParser):
     media_type = "application/json"
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        parser_context = parser_context or {}
-        encoding = parser_context.get("encoding", settings.DEFAULT_CHARSET)
-        body = stream.read() if stream is not None else b""
+        encoding = body_charset(media_type, settings.DEFAULT_CHARSET)
+        try:
+            body = stream.read() if stream is not None else b""
+        except UnreadablePostError as exc:  # the client went away mid-body
+            raise ParseError("The request body could not be read.") from exc
         return parse_json_bytes(body, encoding)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,12 @@ from server.apps.front.models import ABEvent
 # PostgreSQL's ``integer`` column: a wider value would fail at write time.
 INT32_MAX = 2**31 - 1
 
+# Levels of objects and arrays in one event, the event itself included: what
+# orjson writes (it refuses 255). Deeper, the stdlib's recursive json.dumps
+# (the fallback below, and DRF's JSONField) would run into Python's recursion
+# limit: a RecursionError, i.e. a 500 instead of a 400 naming the field.
+MAX_EVENT_DEPTH = 254
+
 
 class StrictCharField(serializers.CharField):
     """A CharField that does not turn numbers, booleans or NaN into strings."""
@@ -32,6 +39,21 @@ class StrictCharField(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictUUIDField(serializers.UUIDField):
+    """A UUID sent as a JSON string only.
+
+    DRF's UUIDField also takes an integer as ``UUID(int=...)``, so ``7`` and
+    ``true`` (``UUID(int=1)``) would be accepted: naive clients counting
+    from 1 would share ids, and all but the first of their events would be
+    dropped as retries.
+    """
+
+    def to_internal_value(self, data: Any) -> uuid.UUID:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
         return super().to_internal_value(data)
 
 
@@ -74,7 +96,7 @@ class ABEventSerializer(serializers.ModelSerializer):
     # Declared explicitly: the model's unique ``event_id`` would otherwise get
     # a UniqueValidator, i.e. a PostgreSQL query per request. Uniqueness is
     # enforced at write time (ignore_conflicts), which is what makes retries safe.
-    event_id = serializers.UUIDField(required=False)
+    event_id = StrictUUIDField(required=False)
     session_id = StrictCharField(max_length=100)
     step_number = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=INT32_MAX)
     metadata = serializers.JSONField(required=False)
@@ -111,7 +133,13 @@ class ABEventSerializer(serializers.ModelSerializer):
         # Unknown keys are ignored, not stored, but they still cost parsing:
         # one event's whole JSON is capped, not only its metadata.
         if isinstance(data, dict):
-            size = json_size(data)
+            try:
+                size = json_size(data)
+            except NestedTooDeep as exc:
+                # Named by where the depth is, never by a client's key.
+                limit = MAX_EVENT_DEPTH - 1  # the levels left below the event itself
+                key = "metadata" if nesting_depth(data.get("metadata"), limit) > limit else "event"
+                raise serializers.ValidationError({key: [str(exc)]}) from exc
             if size > settings.AB_MAX_EVENT_BYTES:
                 raise serializers.ValidationError(
                     {"event": [f"event is {size} bytes of JSON, over the limit of {settings.AB_MAX_EVENT_BYTES}"]}
@@ -137,12 +165,46 @@ class ABEventSerializer(serializers.ModelSerializer):
         return value
 
 
+class NestedTooDeep(ValueError):
+    """A JSON value nested deeper than :data:`MAX_EVENT_DEPTH` levels."""
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """Levels of objects and arrays in ``value`` (a scalar is 0), counted without recursion.
+
+    Stops counting once past ``limit``: any result over ``limit`` means "too deep".
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def json_size(value: Any) -> int:
-    """Bytes of ``value`` as compact JSON (escaped when orjson refuses it, e.g. lone surrogates)."""
+    """Bytes of ``value`` as compact JSON (escaped when orjson refuses it, e.g. lone surrogates).
+
+    Raises NestedTooDeep past MAX_EVENT_DEPTH levels, which orjson refuses
+    too, before the recursive fallback could overflow the stack.
+    """
     try:
         return len(orjson.dumps(value))
-    except TypeError:
-        return len(json.dumps(value, separators=(",", ":"), default=str))
+    except TypeError:  # lone surrogates, integers beyond 64 bits, or too deep
+        pass
+    if nesting_depth(value, MAX_EVENT_DEPTH) > MAX_EVENT_DEPTH:
+        raise NestedTooDeep(f"nested deeper than {MAX_EVENT_DEPTH} levels")
+    return len(json.dumps(value, separators=(",", ":"), default=str))
 
 
 class BatchSerializer(serializers.Serializer):

@@ -14,7 +14,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from server.apps.front.ingest.errors import invalid, queue_errors_as_503
+from server.apps.front.ingest.errors import encodable, invalid, queue_errors_as_503
 from server.apps.front.ingest.serializers import ABEventSerializer, BatchSerializer, sent_at_of
 from server.apps.front.ingest.service import ingest
 from server.apps.front.ingest.throttling import IngestRateThrottle
@@ -58,4 +58,4 @@ def track_ab_events(request: Request) -> Response:
     metrics.EVENTS_ACCEPTED.inc(outcome.accepted)
     for rejected in outcome.rejected:
         metrics.record_invalid(rejected["errors"])
-    return Response({"success": True, "accepted": outcome.accepted, "rejected": outcome.rejected})
+    return Response({"success": True, "accepted": outcome.accepted, "rejected": encodable(outcome.rejected)})

@@ -27,8 +27,6 @@ Without the variable, the default in-process registry is used.
 from __future__ import annotations
 
 import atexit
-import hmac
-import ipaddress
 import logging
 import os
 import threading
@@ -67,6 +65,11 @@ EVENTS_REJECTED = Counter(
 EVENTS_STORED = Counter("abflow_events_stored", "Events written to ab_events by the drain.")
 EVENTS_DEAD_LETTERED = Counter(
     "abflow_events_dead_lettered", "Events moved to the dead-letter list (bad data, or their worker kept dying)."
+)
+EVENT_ID_CONFLICTS = Counter(
+    "abflow_event_id_conflicts",
+    "Events dead-lettered because their event_id is already stored for a different event "
+    "(another session or payload; a redelivery of the same event is not counted).",
 )
 DRAIN_RUNS = Counter(
     "abflow_drain_runs", "Drain runs, by outcome: ok, or db_error (batch returned to the queue).", ["outcome"]
@@ -163,35 +166,6 @@ def mark_process_dead(pid: int) -> None:
     """For gunicorn's ``child_exit`` hook in multiprocess mode (drops the dead worker's live gauges)."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)
-
-
-# --- access control ----------------------------------------------------------------
-
-
-@lru_cache(maxsize=8)
-def _networks(allowed: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(item, strict=False) for item in allowed)
-
-
-def scrape_allowed(request: HttpRequest) -> bool:
-    """A bearer token equal to METRICS_TOKEN, or a client address in METRICS_ALLOWED_IPS.
-
-    The address is REMOTE_ADDR, the peer of gunicorn: behind a reverse proxy
-    that is the proxy, so use the token there (X-Forwarded-For is not trusted,
-    a client could forge it).
-    """
-    token = settings.METRICS_TOKEN
-    if token:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
-            return True
-    try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in _networks(tuple(settings.METRICS_ALLOWED_IPS)))
 
 
 # --- request latency -----------------------------------------------------------------
@@ -296,9 +270,12 @@ def record_invalid(errors: Any) -> None:
 # --- drains ----------------------------------------------------------------------------
 
 
-def observe_drain(*, stored: int, dead_lettered: int, seconds: float, error: str | None) -> None:
+def observe_drain(
+    *, stored: int, dead_lettered: int, seconds: float, error: str | None, conflicts: int = 0
+) -> None:
     """One drain run's counters (called by writer.drain, in the worker process)."""
     EVENTS_STORED.inc(stored)
     EVENTS_DEAD_LETTERED.inc(dead_lettered)
+    EVENT_ID_CONFLICTS.inc(conflicts)
     DRAIN_DURATION.observe(seconds)
     DRAIN_RUNS.labels("db_error" if error else "ok").inc()

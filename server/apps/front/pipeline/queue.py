@@ -59,6 +59,16 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The field that counts an item's claims in the attempts hash: its event id
+-- when that is a string, else a digest of the item itself. Never an error,
+-- whatever the item is (a table or boolean id would make HINCRBY fail the
+-- whole script, and with it every drain), and every item gets counted, so
+-- the writer, not the reaper, gives a malformed one its true reason.
+local function attempt_key(item)
+  local ok, ev = pcall(cjson.decode, item)
+  if ok and type(ev) == 'table' and type(ev['id']) == 'string' then return ev['id'] end
+  return 'sha1:' .. redis.sha1hex(item)
+end
 """ % _LUA_CHUNK
 
 # KEYS: queue. ARGV: cap, item...
@@ -90,8 +100,7 @@ return items
 _ACK = _LUA_HELPERS + """
 if redis.call('HLEN', KEYS[4]) > 0 then
   for _, item in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-    local ok, ev = pcall(cjson.decode, item)
-    if ok and type(ev) == 'table' and ev['id'] then redis.call('HDEL', KEYS[4], ev['id']) end
+    redis.call('HDEL', KEYS[4], attempt_key(item))
   end
 end
 redis.call('DEL', KEYS[2])
@@ -124,13 +133,10 @@ local items = redis.call('LRANGE', KEYS[3], 0, -1)
 local max_attempts = tonumber(ARGV[1])
 local back, dead = {}, {}
 for _, item in ipairs(items) do
-  local ok, ev = pcall(cjson.decode, item)
-  local attempts = max_attempts
-  if ok and type(ev) == 'table' and ev['id'] then
-    attempts = redis.call('HINCRBY', KEYS[4], ev['id'], 1)
-  end
+  local key = attempt_key(item)
+  local attempts = redis.call('HINCRBY', KEYS[4], key, 1)
   if attempts >= max_attempts then
-    if ok and type(ev) == 'table' and ev['id'] then redis.call('HDEL', KEYS[4], ev['id']) end
+    redis.call('HDEL', KEYS[4], key)
     dead[#dead + 1] = cjson.encode({event = item, error = 'claimed ' .. attempts ..
       ' times without being written (its worker died each time)', at = now_ms()})
   else
@@ -286,6 +292,21 @@ def from_micros(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=micros)
 
 
+def storable_time(moment: datetime) -> datetime:
+    """``moment`` in UTC if the item codec carries it unchanged; ValueError otherwise.
+
+    Validation calls this so that no accepted event carries a time the writer
+    cannot decode (outside the years 1-9999 in UTC: OverflowError at drain time).
+    """
+    try:
+        utc = moment.astimezone(UTC)
+        if from_micros(to_micros(utc)) == utc:
+            return utc
+    except OverflowError:
+        pass
+    raise ValueError("outside the years 1-9999 in UTC")
+
+
 def encode_event(
     validated: dict[str, Any], *, user_id: int | None, received_at: datetime, event_time: datetime | None = None
 ) -> bytes:
@@ -325,21 +346,67 @@ def decode_event(item: bytes) -> dict[str, Any]:
 
 
 def event_fields(payload: dict[str, Any]) -> dict[str, Any]:
-    """A decoded payload as ``ab_events`` column values; raises ValueError/KeyError/TypeError when malformed."""
-    client_ts, event_time = payload.get("c"), payload.get("w")
+    """A decoded payload as ``ab_events`` column values; raises on a malformed payload.
+
+    Every field is checked for its JSON type here, because a wrong type would
+    otherwise fail later and further from its cause (psycopg2 refuses a dict
+    or a NUL character outside the statement, so not as a row error) or, worse,
+    be coerced silently (PostgreSQL rounds ``1.5`` into an integer column).
+    A time outside the years 1-9999 raises OverflowError naming its field.
+    """
     return {
-        "event_id": uuid.UUID(payload["id"]),
-        "session_id": payload["s"],
-        "variant": payload["v"],
-        "event_type": payload["e"],
-        "step_number": payload.get("n"),
-        "metadata": payload.get("m") or {},
-        "timestamp": from_micros(int(payload["t"])),
-        "user_id": payload.get("u"),
+        "event_id": uuid.UUID(_text(payload, "id")),
+        "session_id": _text(payload, "s"),
+        "variant": _text(payload, "v"),
+        "event_type": _text(payload, "e"),
+        "step_number": _optional_int(payload, "n"),
+        "metadata": _metadata(payload),
+        "timestamp": _moment("t", payload["t"]),
+        "user_id": _optional_int(payload, "u"),
         # Optional (items queued before these existed have neither).
-        "client_ts": from_micros(int(client_ts)) if client_ts is not None else None,
-        "event_time": from_micros(int(event_time)) if event_time is not None else None,
+        "client_ts": _optional_moment(payload, "c"),
+        "event_time": _optional_moment(payload, "w"),
     }
+
+
+def _text(payload: dict[str, Any], key: str) -> str:
+    value = payload[key]
+    if type(value) is not str:
+        raise TypeError(f"{key!r} must be a string, not {type(value).__name__}")
+    if "\x00" in value:
+        raise ValueError(f"{key!r} contains a NUL character, which PostgreSQL text cannot hold")
+    return value
+
+
+def _optional_int(payload: dict[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    # ``type() is int``: a JSON true/false is a Python bool, an int subclass.
+    if value is not None and type(value) is not int:
+        raise TypeError(f"{key!r} must be an integer or null, not {type(value).__name__}")
+    return value
+
+
+def _metadata(payload: dict[str, Any]) -> dict[str, Any]:
+    value = payload.get("m")
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise TypeError(f"'m' must be an object or null, not {type(value).__name__}")
+    return value
+
+
+def _moment(key: str, value: Any) -> datetime:
+    if type(value) is not int:
+        raise TypeError(f"{key!r} must be integer epoch microseconds, not {type(value).__name__}")
+    try:
+        return from_micros(value)
+    except OverflowError as exc:
+        raise OverflowError(f"{key!r}={value} microseconds is outside the years 1-9999 ({exc})") from None
+
+
+def _optional_moment(payload: dict[str, Any], key: str) -> datetime | None:
+    value = payload.get(key)
+    return None if value is None else _moment(key, value)
 
 
 def event_id_of(item: bytes) -> str:
@@ -353,7 +420,13 @@ def received_micros(item: bytes) -> int:
 
 
 def dead_entry(item: bytes, error: str) -> bytes:
-    """A dead letter: the raw queued item, why it failed, and when."""
+    """A dead letter: the raw queued item, why it failed, and when.
+
+    Never raises: the reason is an exception's message, which could quote a
+    value orjson cannot encode (a lone surrogate), and failing here would
+    fail the whole batch the dead letter was meant to spare.
+    """
+    error = error.encode("utf-8", "replace").decode("utf-8")
     return orjson.dumps(
         {"event": item.decode("utf-8", "replace"), "error": error, "at": int(time.time() * 1000)}
     )
@@ -463,6 +536,11 @@ def stats(*, client: redis.Redis | None = None) -> QueueStats:
         last_drain_at=last_drain_at,
         last_drain_age_seconds=None if last_drain_at is None else max(0.0, secs + micros / 1e6 - last_drain_at),
     )
+
+
+def depth(*, client: redis.Redis | None = None) -> int:
+    """Events waiting in the queue (one LLEN; not those in flight)."""
+    return int((client or get_redis()).llen(keys().queue))
 
 
 def record_drain(*, stored: int, dead_lettered: int, client: redis.Redis | None = None) -> None:

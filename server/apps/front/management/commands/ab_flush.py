@@ -2,9 +2,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from django.core.management.base import BaseCommand, CommandError
 
-from server.apps.front.pipeline import writer
+from server.apps.front.pipeline import queue, writer
+
+
+def progress_line(result: writer.DrainResult, queued: int | None) -> str:
+    """One line of a running flush: totals so far, rate, what is still queued."""
+    rate = result.claimed / result.seconds if result.seconds > 0 else 0.0
+    waiting = "?" if queued is None else f"{queued:,}"
+    return (
+        f"progress: {result.stored:,} stored, {result.dead_lettered:,} dead-lettered, "
+        f"{rate:,.0f} events/s, {waiting} queued, {result.seconds:.1f}s"
+    )
 
 
 class Command(BaseCommand):
@@ -13,9 +24,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--batch-size", type=int, default=None)
         parser.add_argument("--budget", type=float, default=3600.0, help="stop after this many seconds")
+        parser.add_argument(
+            "--progress-every",
+            type=float,
+            default=5.0,
+            metavar="SECONDS",
+            help="print a progress line this often (0: after every batch)",
+        )
 
-    def handle(self, *args: Any, batch_size: int | None, budget: float, **options: Any) -> None:
-        result = writer.drain(batch_size=batch_size, budget=budget)
+    def handle(
+        self, *args: Any, batch_size: int | None, budget: float, progress_every: float, **options: Any
+    ) -> None:
+        result = writer.drain(
+            batch_size=batch_size, budget=budget, progress=self._progress, progress_every=progress_every
+        )
         self.stdout.write(
             f"stored {result.stored} events in {result.batches} batches "
             f"({result.dead_lettered} dead-lettered, {result.requeued} returned from expired leases) "
@@ -23,3 +45,11 @@ class Command(BaseCommand):
         )
         if result.error:
             raise CommandError(f"database unavailable, events wait in Redis: {result.error}")
+
+    def _progress(self, result: writer.DrainResult) -> None:
+        try:
+            queued: int | None = queue.depth()
+        except redis.RedisError:
+            queued = None  # the next claim reports Redis; a progress line never ends the flush
+        self.stdout.write(progress_line(result, queued))
+        self.stdout.flush()  # seen at once when stdout is a pipe or a journal, not at exit
