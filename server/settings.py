@@ -143,6 +143,9 @@ INSTALLED_APPS = [
     "corsheaders",
     "rest_framework",
     "rest_framework.authtoken",
+    # The OpenAPI schema (server/apps/front/schema.py) and its offline Swagger UI assets.
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "server.apps.front",
 ]
 
@@ -241,11 +244,29 @@ REST_FRAMEWORK = {
         "server.apps.front.ingest.parsers.PlainTextJSONParser",
     ],
     "EXCEPTION_HANDLER": "server.apps.front.ingest.errors.envelope_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Reverse proxies in front of gunicorn whose X-Forwarded-For is trusted for
     # the client IP (throttling). 0: use REMOTE_ADDR, a client cannot spoof it.
     "NUM_PROXIES": env_int("NUM_PROXIES", 0, minimum=0),
+}
+
+# The OpenAPI contract (server/apps/front/schema.py): GET /api/schema/, committed as docs/openapi.yaml.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "abflow API",
+    "DESCRIPTION": "Event ingest for the onboarding A/B test, the staff report and the operations probes. "
+    "Every ingest rejection answers {\"success\": false, \"errors\": {<field>: [messages]}}.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the drf-spectacular-sidecar package: the page works offline, no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "server.apps.front.schema.postprocess",
+    ],
 }
 
 # --- ingestion pipeline ------------------------------------------------------
@@ -324,6 +345,15 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS") or CORS_ALLOWED_ORIGINS
 # Namespace of the queue's Redis keys: several deployments (or test runs) can
 # share one Redis server with different prefixes.
 AB_QUEUE_KEY_PREFIX = env_str("AB_QUEUE_KEY_PREFIX", "ab")
+# The queue is this many independent shards (one hash tag, so one Redis
+# Cluster slot, each); events go to a shard by session_id. Changing it on a
+# running system loses nothing (pipeline/queue.py, docs/scaling.md).
+AB_QUEUE_SHARDS = env_int("AB_QUEUE_SHARDS", 1, minimum=1)
+# The queue's Redis; empty: REDIS_URL. With AB_QUEUE_REDIS_CLUSTER the URL
+# names any node of a Redis Cluster (redis-py's RedisCluster). The Celery
+# broker (CELERY_BROKER_URL) stays a plain Redis or RabbitMQ.
+AB_QUEUE_REDIS_URL = env_str("AB_QUEUE_REDIS_URL", "")
+AB_QUEUE_REDIS_CLUSTER = env_bool("AB_QUEUE_REDIS_CLUSTER", False)
 
 # --- experiment report (docs/report.md) ------------------------------------------
 
@@ -366,6 +396,13 @@ AB_REJECTION_LOG_INTERVAL = env_float("AB_REJECTION_LOG_INTERVAL", 60.0, minimum
 # --- Celery -------------------------------------------------------------------
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# kombu has no Redis Cluster transport: a cluster node as broker would fail
+# on the first MOVED, far from the cause. Refuse it at start-up instead.
+if AB_QUEUE_REDIS_CLUSTER and CELERY_BROKER_URL == (AB_QUEUE_REDIS_URL or REDIS_URL):
+    raise ImproperlyConfigured(
+        "AB_QUEUE_REDIS_CLUSTER is on and CELERY_BROKER_URL is the queue's cluster URL: "
+        "set CELERY_BROKER_URL to a plain Redis or RabbitMQ"
+    )
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = TIME_ZONE

@@ -1,6 +1,9 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+# Imported for its schema extensions (the ingest and report operations' documentation).
+from server.apps.front import schema  # noqa: F401
 from server.apps.front.ops import views as ops_views
 from server.apps.front.report import views as report_views
 
@@ -10,6 +13,9 @@ urlpatterns = [
     path("metrics", ops_views.metrics_view, name="metrics"),
     path("healthz", ops_views.healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),
+    # The OpenAPI contract (docs/openapi.yaml): YAML, ?format=json for JSON; a Swagger UI page served offline.
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-ui"),
     # The experiment report page (staff only), before the admin's catch-all.
     path("admin/ab-report/", report_views.admin_report, name="ab-report-admin"),
     path("admin/ab-report/plotly.min.js", report_views.plotly_js, name="ab-report-plotly-js"),
