@@ -4,7 +4,8 @@ Two kinds of figures, collected differently on purpose:
 
 * **Queue state** (depth, in flight, dead letters, lag, last successful
   drain) is read live from Redis by ``QueueCollector`` at scrape time, with
-  ``queue.stats()`` (two pipelined round trips per scrape, none per request).
+  ``queue.stats()`` (a few pipelined round trips per scrape, however many
+  shards; none per request), as totals and per shard (label ``shard``).
   It is therefore the same in every process that serves ``/metrics``, however
   many gunicorn workers or hosts there are.
 * **Counters and histograms** (events accepted / rejected / stored /
@@ -129,12 +130,54 @@ class QueueCollector(Collector):
             "Age of the oldest queued event (lag between receipt and write); 0 when the queue is empty.",
             value=stats.oldest_age_seconds or 0.0,
         )
+        yield from _shard_families(stats)
         if stats.last_drain_at is not None:
             yield GaugeMetricFamily(
                 "abflow_drain_last_success_timestamp_seconds",
                 "Unix time the last drain run finished without a database error (absent if none ever did).",
                 value=stats.last_drain_at,
             )
+
+
+def _shard_families(stats: queue.QueueStats) -> Iterator[Metric]:
+    """Per-shard series (label ``shard``) beside the unlabelled totals above.
+
+    Separate names, not a label on the totals: ``sum(abflow_queue_depth)``
+    must never count the same events twice. Every shard that may hold items
+    is listed (range(AB_QUEUE_SHARDS) and leftovers of a larger setting).
+    """
+    families = {
+        "depth": GaugeMetricFamily(
+            "abflow_queue_shard_depth", "Events waiting in one queue shard.", labels=["shard"]
+        ),
+        "inflight": GaugeMetricFamily(
+            "abflow_queue_shard_inflight_events", "Events claimed from one shard, not yet acknowledged.",
+            labels=["shard"],
+        ),
+        "dead": GaugeMetricFamily(
+            "abflow_queue_shard_dead_letters", "Events in one shard's dead-letter list.", labels=["shard"]
+        ),
+        "oldest": GaugeMetricFamily(
+            "abflow_queue_shard_oldest_age_seconds",
+            "Age of the oldest event queued in one shard; 0 when that shard is empty.",
+            labels=["shard"],
+        ),
+    }
+    for shard in stats.shards:
+        label = [str(shard.shard)]
+        families["depth"].add_metric(label, shard.depth)
+        families["inflight"].add_metric(label, shard.inflight)
+        families["dead"].add_metric(label, shard.dead)
+        families["oldest"].add_metric(label, shard.oldest_age_seconds or 0.0)
+    yield from families.values()
+    yield GaugeMetricFamily(
+        "abflow_queue_shard_max",
+        "One shard's share of AB_QUEUE_MAX (ceil(AB_QUEUE_MAX / AB_QUEUE_SHARDS)): above it that shard answers 503.",
+        value=queue.shard_cap(),
+    )
+    yield GaugeMetricFamily(
+        "abflow_queue_shards", "AB_QUEUE_SHARDS: how many shards new events are spread over.", value=queue.shard_count()
+    )
 
 
 class _Scrape(Collector):

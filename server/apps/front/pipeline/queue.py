@@ -19,15 +19,38 @@ the tests and the benchmarks never read an item's one-letter keys.
 
 Every step is a Lua script, so it is atomic on the server: any number of
 drains may run at once and an event is always in exactly one place (queue,
-one in-flight list, or the dead-letter list). All keys share the hash tag
-``{abflow}`` so the scripts also run on Redis Cluster, where a script may only
-touch keys of one slot.
+one in-flight list, or the dead-letter list).
+
+Shards (AB_QUEUE_SHARDS = N). The queue is N independent queues, each with
+its own queue, leases, in-flight lists, attempts and dead letters under one
+hash tag: shard 0 keeps the pre-sharding tag ``{abflow}`` (so a system that
+ran unsharded finds its items in shard 0, nothing to migrate), shard i > 0
+uses ``{abflow-i}``. Every script touches the keys of one shard only, i.e.
+one Redis Cluster slot, and the shards' slots spread over the cluster's
+masters. An event goes to shard ``crc32(session_id) % N`` (stable across
+processes and restarts); a batch may span shards: one pipelined round trip,
+each shard's push atomic on its own. The drain claims from the shards in
+turn, starting at a random one, and the reaper, stats and dead-letter
+operations visit every shard.
+
+Changing N loses nothing: before its first push with N > 1 a process adds
+0..N-1 to the registry set ``ab:{abflow}:shards`` (and again every few
+minutes), and every drain, reap, stat and dead-letter operation visits
+range(N) | registry. Shards a smaller N no longer pushes to are therefore
+still drained (and still counted) until they are empty; the registry is
+never pruned automatically (an old-config process may still push there
+during a rolling deploy), an idle shard costs one empty claim per drain.
+
+The drain record and the registry are global keys under ``{abflow}``.
 """
 
 from __future__ import annotations
 
+import random
+import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,7 +60,11 @@ from typing import Any
 import orjson
 import redis
 from django.conf import settings
+from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+from redis.retry import Retry
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -206,44 +233,106 @@ class QueueFull(Exception):
     """The queue is over AB_QUEUE_MAX: the writer is far behind, shed load."""
 
 
+# The pre-sharding hash tag: shard 0's, and the global keys'.
+_GLOBAL_TAG = "{abflow}"
+
+
+def shard_tag(shard: int) -> str:
+    """The hash tag of a shard's keys: one Redis Cluster slot per shard."""
+    return _GLOBAL_TAG if shard == 0 else f"{{abflow-{shard}}}"
+
+
 @dataclass(frozen=True)
 class Keys:
+    """The keys of one shard (``queue`` ... ``inflight``) and the global ones (``drain``, ``shards``)."""
+
     prefix: str
+    shard: int = 0
+
+    @property
+    def _base(self) -> str:
+        return f"{self.prefix}:{shard_tag(self.shard)}"
 
     @property
     def queue(self) -> str:
-        return f"{self.prefix}:{{abflow}}:queue"
+        return f"{self._base}:queue"
 
     @property
     def leases(self) -> str:
-        return f"{self.prefix}:{{abflow}}:leases"
+        return f"{self._base}:leases"
 
     @property
     def dead(self) -> str:
-        return f"{self.prefix}:{{abflow}}:dead"
+        return f"{self._base}:dead"
 
     @property
     def attempts(self) -> str:
-        return f"{self.prefix}:{{abflow}}:attempts"
-
-    @property
-    def drain(self) -> str:
-        return f"{self.prefix}:{{abflow}}:drain"
+        return f"{self._base}:attempts"
 
     @property
     def inflight_prefix(self) -> str:
-        return f"{self.prefix}:{{abflow}}:inflight:"
+        return f"{self._base}:inflight:"
 
     def inflight(self, claim_id: str) -> str:
         return f"{self.inflight_prefix}{claim_id}"
 
+    @property
+    def drain(self) -> str:
+        return f"{self.prefix}:{_GLOBAL_TAG}:drain"
 
-def keys() -> Keys:
-    return Keys(getattr(settings, "AB_QUEUE_KEY_PREFIX", "ab"))
+    @property
+    def shards(self) -> str:
+        """The registry: ids of every shard ever pushed to with N > 1."""
+        return f"{self.prefix}:{_GLOBAL_TAG}:shards"
+
+
+def keys(shard: int = 0) -> Keys:
+    return Keys(getattr(settings, "AB_QUEUE_KEY_PREFIX", "ab"), shard)
+
+
+def shard_count() -> int:
+    """AB_QUEUE_SHARDS: how many shards new events are spread over."""
+    return max(1, int(getattr(settings, "AB_QUEUE_SHARDS", 1)))
+
+
+def shard_for(session_id: str, shards: int) -> int:
+    """The shard of a session: stable across processes (crc32, not hash()), so a session stays in one shard."""
+    if shards <= 1:
+        return 0
+    return zlib.crc32(session_id.encode("utf-8", "surrogatepass")) % shards
+
+
+def shard_of_item(item: bytes, shards: int) -> int:
+    """The shard of a queued item (by its session); never raises: an unreadable item goes by its bytes."""
+    if shards <= 1:
+        return 0
+    try:
+        session = decode_event(item)["s"]
+        if type(session) is str:
+            return shard_for(session, shards)
+    except (ValueError, KeyError, TypeError):
+        pass
+    return zlib.crc32(item) % shards
+
+
+QueueClient = redis.Redis | RedisCluster
 
 
 @lru_cache(maxsize=8)
-def _client(url: str, timeout: float) -> redis.Redis:
+def _client(url: str, timeout: float, cluster: bool = False) -> QueueClient:
+    if cluster:
+        # The URL names any node; the client learns the slot map from it.
+        # One quick retry (refreshing the map) covers a MOVED after a
+        # failover; more would only delay the 503 a dead master must give.
+        return RedisCluster.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+            # A master down must not stop the client from serving the other
+            # masters' shards (the server side: cluster-require-full-coverage no).
+            require_full_coverage=False,
+        )
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout,
@@ -255,9 +344,14 @@ def _client(url: str, timeout: float) -> redis.Redis:
     )
 
 
-def get_redis() -> redis.Redis:
-    """The process-wide Redis client (one connection pool per URL)."""
-    return _client(settings.REDIS_URL, settings.REDIS_SOCKET_TIMEOUT)
+def get_redis() -> QueueClient:
+    """The process-wide client of the queue's Redis (AB_QUEUE_REDIS_URL, else REDIS_URL; one pool per URL).
+
+    With AB_QUEUE_REDIS_CLUSTER a ``RedisCluster``: every script touches one
+    shard's keys, so one slot, and the client routes it to that slot's master.
+    """
+    url = getattr(settings, "AB_QUEUE_REDIS_URL", "") or settings.REDIS_URL
+    return _client(url, settings.REDIS_SOCKET_TIMEOUT, bool(getattr(settings, "AB_QUEUE_REDIS_CLUSTER", False)))
 
 
 # Scripts are sent by SHA (EVALSHA) and loaded on first use on each server.
@@ -276,8 +370,42 @@ _SCRIPTS = {
 }
 
 
-def _run(name: str, keys: list[str], args: list[Any], client: redis.Redis | None) -> Any:
+def _run(name: str, keys: list[str], args: list[Any], client: QueueClient | None) -> Any:
     return _SCRIPTS[name](keys=keys, args=args, client=client or get_redis())
+
+
+# Re-register a process's shards this often: a registry lost with its Redis
+# (no AOF) is rebuilt by the pushing processes within this time.
+_REGISTER_EVERY = 300.0
+_registered: dict[tuple[int, str, int], float] = {}
+_registered_lock = threading.Lock()
+
+
+def _register_shards(r: QueueClient, n: int) -> None:
+    """Record shards 0..n-1 in the registry before pushing to them (cached per client, key and N)."""
+    if n <= 1:
+        return  # shard 0 is always visited
+    k = keys()
+    cache_key = (id(r), k.shards, n)
+    now = time.monotonic()
+    with _registered_lock:
+        if now - _registered.get(cache_key, -_REGISTER_EVERY) < _REGISTER_EVERY:
+            return
+    r.sadd(k.shards, *range(n))
+    with _registered_lock:
+        _registered[cache_key] = now
+
+
+def shard_ids(*, client: QueueClient | None = None) -> list[int]:
+    """Every shard that may hold items: range(AB_QUEUE_SHARDS) and all shards ever registered."""
+    r = client or get_redis()
+    found = set(range(shard_count()))
+    for member in r.smembers(keys().shards):
+        try:
+            found.add(int(member))
+        except ValueError:
+            continue  # not ours; never let it stop a drain
+    return sorted(found)
 
 
 # --- payload -------------------------------------------------------------------
@@ -435,62 +563,162 @@ def dead_entry(item: bytes, error: str) -> bytes:
 # --- operations -----------------------------------------------------------------
 
 
-def push(items: Sequence[bytes], *, client: redis.Redis | None = None) -> int:
-    """Append events in one round trip; returns the new depth.
+def shard_cap(shards: int | None = None) -> int:
+    """Each shard holds its share of AB_QUEUE_MAX (sessions hash evenly, so the total cap holds)."""
+    shards = shard_count() if shards is None else shards
+    return -(-settings.AB_QUEUE_MAX // shards)  # ceil: N shards together hold at least AB_QUEUE_MAX
 
-    Raises QueueFull over the cap and redis.RedisError when Redis is down.
+
+def push(items: Sequence[bytes], *, client: QueueClient | None = None) -> int:
+    """Append events in one round trip, each to its session's shard; returns the depth of the last shard pushed.
+
+    Raises QueueFull when a shard is over its cap and redis.RedisError when
+    Redis is down. Items spanning shards go in one pipeline, each shard's
+    push atomic: on an error some shards may have taken their items, so the
+    caller answers 503 and the client retries the whole batch (its event_ids
+    make the retry store each event once).
     """
     if not items:
         return 0
-    k = keys()
-    depth = _run("push", [k.queue], [settings.AB_QUEUE_MAX, *items], client)
-    if depth < 0:
-        raise QueueFull(f"queue is over AB_QUEUE_MAX={settings.AB_QUEUE_MAX}")
-    return int(depth)
+    r = client or get_redis()
+    n = shard_count()
+    cap = shard_cap(n)
+    _register_shards(r, n)
+    groups: dict[int, list[bytes]] = {}
+    for item in items:
+        groups.setdefault(shard_of_item(item, n), []).append(item)
+    if len(groups) == 1:
+        ((shard, group),) = groups.items()
+        depths = [_run("push", [keys(shard).queue], [cap, *group], r)]
+    else:
+        depths = _push_pipelined(r, groups, cap)
+    if any(int(d) < 0 for d in depths):
+        raise QueueFull(f"queue shard is over its share of AB_QUEUE_MAX={settings.AB_QUEUE_MAX} ({n} shards)")
+    return int(depths[-1])
+
+
+def _push_pipelined(r: QueueClient, groups: dict[int, list[bytes]], cap: int) -> list[int]:
+    """One EVALSHA per shard in one pipeline (on a cluster: one request per master, sent in parallel).
+
+    Plain EVALSHA, not Script objects: redis-py's pipeline would spend a
+    SCRIPT EXISTS round trip on every execute, and its cluster pipeline
+    cannot load scripts. A shard whose server lacks the script (NoScriptError:
+    it did not run) is pushed again alone, which loads it.
+    """
+    script = _SCRIPTS["push"]
+    pipe = r.pipeline(transaction=False)
+    order = list(groups)
+    for shard in order:
+        pipe.evalsha(script.sha, 1, keys(shard).queue, cap, *groups[shard])
+    replies = pipe.execute(raise_on_error=False)
+    depths: list[int] = []
+    for shard, reply in zip(order, replies, strict=True):
+        if isinstance(reply, NoScriptError):
+            reply = _run("push", [keys(shard).queue], [cap, *groups[shard]], r)
+        elif isinstance(reply, Exception):
+            raise reply
+        depths.append(int(reply))
+    return depths
 
 
 @dataclass
 class Claim:
     key: str
     items: list[bytes]
+    shard: int = 0
 
 
-def claim(count: int, lease_seconds: float, *, client: redis.Redis | None = None) -> Claim | None:
-    """Atomically move up to ``count`` events into a new leased in-flight list."""
-    k = keys()
+def _claim_shard(shard: int, count: int, lease_seconds: float, client: QueueClient | None) -> Claim | None:
+    k = keys(shard)
     inflight = k.inflight(uuid.uuid4().hex)
     items = _run("claim", [k.queue, k.leases, inflight], [count, int(lease_seconds * 1000)], client)
     if not items:
         return None
-    return Claim(key=inflight, items=list(items))
+    return Claim(key=inflight, items=list(items), shard=shard)
 
 
-def ack(batch: Claim, dead: Iterable[bytes] = (), *, client: redis.Redis | None = None) -> None:
-    """The batch is committed: forget it, and record its dead letters."""
-    k = keys()
+class Claimer:
+    """Claims from the shards in turn, starting at a random one (one per drain run).
+
+    Round-robin keeps every shard's lag bounded whatever the others hold;
+    the random start spreads concurrent drains over the shards. ``claim``
+    returns None only after a whole round found every shard empty.
+    """
+
+    def __init__(self, shards: Sequence[int], *, client: QueueClient | None = None, start: int | None = None):
+        self.shards = list(shards) or [0]
+        self.client = client
+        self.position = random.randrange(len(self.shards)) if start is None else start % len(self.shards)
+
+    def claim(self, count: int, lease_seconds: float) -> Claim | None:
+        n = len(self.shards)
+        for step in range(n):
+            shard = self.shards[(self.position + step) % n]
+            batch = _claim_shard(shard, count, lease_seconds, self.client)
+            if batch is not None:
+                self.position = (self.position + step + 1) % n
+                return batch
+        return None
+
+
+def claimer(*, client: QueueClient | None = None) -> Claimer:
+    """A Claimer over every shard that may hold items (see ``shard_ids``)."""
+    r = client or get_redis()
+    return Claimer(shard_ids(client=r), client=r)
+
+
+def claim(
+    count: int, lease_seconds: float, *, client: QueueClient | None = None, shard: int | None = None
+) -> Claim | None:
+    """Atomically move up to ``count`` events of one shard into a new leased in-flight list.
+
+    Without ``shard``: the first non-empty shard from a random one.
+    """
+    if shard is not None:
+        return _claim_shard(shard, count, lease_seconds, client)
+    return claimer(client=client).claim(count, lease_seconds)
+
+
+def ack(batch: Claim, dead: Iterable[bytes] = (), *, client: QueueClient | None = None) -> None:
+    """The batch is committed: forget it, and record its dead letters (in its shard)."""
+    k = keys(batch.shard)
     _run("ack", [k.leases, batch.key, k.dead, k.attempts], list(dead), client)
 
 
-def release(batch: Claim, *, client: redis.Redis | None = None) -> int:
-    """The database failed: give the batch back, at the head, untouched."""
-    k = keys()
+def release(batch: Claim, *, client: QueueClient | None = None) -> int:
+    """The database failed: give the batch back, at the head of its shard, untouched."""
+    k = keys(batch.shard)
     return int(_run("release", [k.queue, k.leases, batch.key], [], client))
 
 
-def reap(max_attempts: int, *, limit: int = 100, client: redis.Redis | None = None) -> tuple[int, int]:
-    """Return batches of dead workers to the queue. Returns (requeued, dead_lettered)."""
-    k = keys()
+def reap(max_attempts: int, *, limit: int = 100, client: QueueClient | None = None) -> tuple[int, int]:
+    """Return batches of dead workers to their shard's queue, in every shard. Returns (requeued, dead_lettered)."""
+    r = client or get_redis()
     requeued = dead = 0
-    for inflight in _run("expired", [k.leases], [limit], client):
-        name = inflight.decode() if isinstance(inflight, bytes) else inflight
-        back, gone = _run("requeue", [k.queue, k.leases, name, k.attempts, k.dead], [max_attempts], client)
-        requeued += int(back)
-        dead += int(gone)
+    for shard in shard_ids(client=r):
+        k = keys(shard)
+        for inflight in _run("expired", [k.leases], [limit], r):
+            name = inflight.decode() if isinstance(inflight, bytes) else inflight
+            back, gone = _run("requeue", [k.queue, k.leases, name, k.attempts, k.dead], [max_attempts], r)
+            requeued += int(back)
+            dead += int(gone)
     return requeued, dead
 
 
 @dataclass(frozen=True)
+class ShardStats:
+    shard: int
+    depth: int
+    inflight: int
+    inflight_batches: int
+    dead: int
+    oldest_age_seconds: float | None
+
+
+@dataclass(frozen=True)
 class QueueStats:
+    """Totals over every shard (``oldest_age_seconds``: the oldest of all), and ``shards`` one by one."""
+
     depth: int
     inflight: int
     inflight_batches: int
@@ -500,50 +728,92 @@ class QueueStats:
     # seconds, Redis server clock) and how long ago; None if never.
     last_drain_at: float | None = None
     last_drain_age_seconds: float | None = None
+    shards: tuple[ShardStats, ...] = ()
 
 
-def stats(*, client: redis.Redis | None = None) -> QueueStats:
-    """Queue depth, events in flight, dead letters and the age of the oldest queued event."""
+def _age(head: bytes | None, now_micros: int) -> float | None:
+    if head is None:
+        return None
+    try:
+        return max(0.0, (now_micros - received_micros(head)) / 1e6)
+    except (ValueError, KeyError, TypeError):
+        return None  # the head carries no readable receive time (it will be dead-lettered)
+
+
+def stats(*, client: QueueClient | None = None) -> QueueStats:
+    """Queue depth, events in flight, dead letters and the age of the oldest queued event, per shard and in total.
+
+    Three pipelined round trips whatever the number of shards (on a cluster,
+    each is one request per master, in parallel).
+    """
     r = client or get_redis()
-    k = keys()
+    shards = shard_ids(client=r)
     pipe = r.pipeline(transaction=False)
-    pipe.llen(k.queue)
-    pipe.zrange(k.leases, 0, -1)
-    pipe.llen(k.dead)
-    pipe.lindex(k.queue, 0)
-    pipe.hget(k.drain, "last_success_ms")
-    pipe.time()
-    depth, leases, dead, head, last_drain_ms, (secs, micros) = pipe.execute()
-    inflight = 0
-    if leases:
+    for shard in shards:
+        k = keys(shard)
+        pipe.llen(k.queue)
+        pipe.zrange(k.leases, 0, -1)
+        pipe.llen(k.dead)
+        pipe.lindex(k.queue, 0)
+    pipe.hget(keys().drain, "last_success_ms")
+    cluster = isinstance(r, RedisCluster)
+    if not cluster:
+        pipe.time()
+    replies = pipe.execute()
+    if cluster:
+        # A cluster pipeline routes by key; TIME has none. Ask the master of
+        # the drain record, whose clock wrote last_success_ms.
+        replies.append(r.time(target_nodes=r.get_node_from_key(keys().drain)))
+    secs, micros = replies[-1]
+    now_micros = secs * 1_000_000 + micros
+    last_drain_ms = replies[-2]
+    per_shard = [replies[i * 4 : i * 4 + 4] for i in range(len(shards))]
+    all_leases = [lease for _, leases, _, _ in per_shard for lease in leases]
+    sizes: list[int] = []
+    if all_leases:
         pipe = r.pipeline(transaction=False)
-        for name in leases:
+        for name in all_leases:
             pipe.llen(name)
-        inflight = sum(pipe.execute())
-    oldest: float | None = None
-    if head is not None:
-        try:
-            oldest = max(0.0, (secs * 1_000_000 + micros - received_micros(head)) / 1e6)
-        except (ValueError, KeyError, TypeError):
-            oldest = None
+        sizes = [int(n) for n in pipe.execute()]
+    result: list[ShardStats] = []
+    offset = 0
+    for shard, (depth, leases, dead, head) in zip(shards, per_shard, strict=True):
+        result.append(
+            ShardStats(
+                shard=shard,
+                depth=int(depth),
+                inflight=sum(sizes[offset : offset + len(leases)]),
+                inflight_batches=len(leases),
+                dead=int(dead),
+                oldest_age_seconds=_age(head, now_micros),
+            )
+        )
+        offset += len(leases)
+    ages = [s.oldest_age_seconds for s in result if s.oldest_age_seconds is not None]
     last_drain_at = int(last_drain_ms) / 1000 if last_drain_ms is not None else None
     return QueueStats(
-        depth=int(depth),
-        inflight=inflight,
-        inflight_batches=len(leases),
-        dead=int(dead),
-        oldest_age_seconds=oldest,
+        depth=sum(s.depth for s in result),
+        inflight=sum(s.inflight for s in result),
+        inflight_batches=sum(s.inflight_batches for s in result),
+        dead=sum(s.dead for s in result),
+        oldest_age_seconds=max(ages) if ages else None,
         last_drain_at=last_drain_at,
-        last_drain_age_seconds=None if last_drain_at is None else max(0.0, secs + micros / 1e6 - last_drain_at),
+        last_drain_age_seconds=None if last_drain_at is None else max(0.0, now_micros / 1e6 - last_drain_at),
+        shards=tuple(result),
     )
 
 
-def depth(*, client: redis.Redis | None = None) -> int:
-    """Events waiting in the queue (one LLEN; not those in flight)."""
-    return int((client or get_redis()).llen(keys().queue))
+def depth(*, client: QueueClient | None = None) -> int:
+    """Events waiting in the queue, every shard (not those in flight)."""
+    r = client or get_redis()
+    shards = shard_ids(client=r)
+    pipe = r.pipeline(transaction=False)
+    for shard in shards:
+        pipe.llen(keys(shard).queue)
+    return sum(int(n) for n in pipe.execute())
 
 
-def record_drain(*, stored: int, dead_lettered: int, client: redis.Redis | None = None) -> None:
+def record_drain(*, stored: int, dead_lettered: int, client: QueueClient | None = None) -> None:
     """A drain run finished without a database error (idle runs count: the writer is alive)."""
     _run("record_drain", [keys().drain], [stored, dead_lettered], client)
 
@@ -558,57 +828,83 @@ class DeadLetter:
     error: str
     at: datetime | None
     item: str  # the original queued item (JSON), as it would be replayed
+    shard: int = 0
 
 
-def _parse_dead(index: int, entry: bytes) -> DeadLetter:
+def _parse_dead(index: int, entry: bytes, shard: int = 0) -> DeadLetter:
     try:
         dead = orjson.loads(entry)
         item, error, at_ms = dead["event"], str(dead.get("error", "")), dead.get("at")
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        return DeadLetter(index, None, "not a dead-letter entry", None, entry.decode("utf-8", "replace"))
+        return DeadLetter(index, None, "not a dead-letter entry", None, entry.decode("utf-8", "replace"), shard)
     try:
         event_id = event_id_of(item.encode())
     except (ValueError, KeyError, TypeError):
         event_id = None
     at = EPOCH + timedelta(milliseconds=int(at_ms)) if isinstance(at_ms, int | float) else None
-    return DeadLetter(index, event_id, error, at, item)
+    return DeadLetter(index, event_id, error, at, item, shard)
 
 
-def dead_letters(start: int = 0, count: int = 50, *, client: redis.Redis | None = None) -> list[DeadLetter]:
-    """Dead letters from the head (oldest first), ``count`` of them from ``start``."""
+def dead_letters(start: int = 0, count: int = 50, *, client: QueueClient | None = None) -> list[DeadLetter]:
+    """Dead letters of every shard, ``count`` of them from ``start``.
+
+    Indexes run over the shards' lists in shard order, each oldest first.
+    """
     if count <= 0:
         return []
-    entries = (client or get_redis()).lrange(keys().dead, start, start + count - 1)
-    return [_parse_dead(start + i, entry) for i, entry in enumerate(entries)]
+    r = client or get_redis()
+    shards = shard_ids(client=r)
+    pipe = r.pipeline(transaction=False)
+    for shard in shards:
+        pipe.llen(keys(shard).dead)
+    lengths = [int(n) for n in pipe.execute()]
+    found: list[DeadLetter] = []
+    base = 0
+    for shard, length in zip(shards, lengths, strict=True):
+        first = max(start, base)
+        last = min(start + count, base + length)  # exclusive, global index
+        if first < last:
+            entries = r.lrange(keys(shard).dead, first - base, last - base - 1)
+            found.extend(_parse_dead(first + i, entry, shard) for i, entry in enumerate(entries))
+        base += length
+        if base >= start + count:
+            break
+    return found
 
 
 def _dead_take(
-    mode: str, limit: int | None, event_ids: Sequence[str], chunk: int, client: redis.Redis | None
+    mode: str, limit: int | None, event_ids: Sequence[str], chunk: int, client: QueueClient | None
 ) -> int:
-    k = keys()
-    if event_ids:
-        cap = limit if limit is not None else len(event_ids)
-        return int(_run("dead_take", [k.dead, k.queue], [mode, cap, *event_ids], client))
-    # Chunked, each chunk atomic: a huge dead list never blocks Redis for long.
+    """Replay or purge in every shard; a replayed item goes back to its own shard's queue (its slot)."""
+    r = client or get_redis()
     total = 0
-    while limit is None or total < limit:
-        step = chunk if limit is None else min(chunk, limit - total)
-        taken = int(_run("dead_take", [k.dead, k.queue], [mode, step], client))
-        total += taken
-        if taken < step:
+    for shard in shard_ids(client=r):
+        if limit is not None and total >= limit:
             break
+        k = keys(shard)
+        if event_ids:
+            cap = (limit if limit is not None else len(event_ids)) - total
+            total += int(_run("dead_take", [k.dead, k.queue], [mode, cap, *event_ids], r))
+            continue
+        # Chunked, each chunk atomic: a huge dead list never blocks Redis for long.
+        while limit is None or total < limit:
+            step = chunk if limit is None else min(chunk, limit - total)
+            taken = int(_run("dead_take", [k.dead, k.queue], [mode, step], r))
+            total += taken
+            if taken < step:
+                break
     return total
 
 
 def replay_dead(
-    limit: int | None = None, *, event_ids: Sequence[str] = (), chunk: int = 1000, client: redis.Redis | None = None
+    limit: int | None = None, *, event_ids: Sequence[str] = (), chunk: int = 1000, client: QueueClient | None = None
 ) -> int:
-    """Move dead letters back to the queue (after a fix), oldest first. Returns how many."""
+    """Move dead letters back to the queue (after a fix), oldest first in each shard. Returns how many."""
     return _dead_take("replay", limit, event_ids, chunk, client)
 
 
 def purge_dead(
-    limit: int | None = None, *, event_ids: Sequence[str] = (), chunk: int = 1000, client: redis.Redis | None = None
+    limit: int | None = None, *, event_ids: Sequence[str] = (), chunk: int = 1000, client: QueueClient | None = None
 ) -> int:
-    """Drop dead letters for good, oldest first. Returns how many."""
+    """Drop dead letters for good, oldest first in each shard. Returns how many."""
     return _dead_take("purge", limit, event_ids, chunk, client)

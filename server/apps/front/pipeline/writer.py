@@ -237,9 +237,12 @@ def write_items(items: list[bytes]) -> BatchResult:
     return result
 
 
-def drain_once(batch_size: int | None = None) -> BatchResult | None:
-    """Claim one batch, write it, acknowledge it. None when the queue is empty."""
-    batch = queue.claim(batch_size or settings.AB_BATCH_SIZE, settings.AB_LEASE_SECONDS)
+def drain_once(batch_size: int | None = None, claimer: queue.Claimer | None = None) -> BatchResult | None:
+    """Claim one batch (from the shards in turn: ``claimer``, one per drain run), write it, acknowledge it.
+
+    None when every shard is empty.
+    """
+    batch = (claimer or queue.claimer()).claim(batch_size or settings.AB_BATCH_SIZE, settings.AB_LEASE_SECONDS)
     if batch is None:
         return None
     try:
@@ -310,10 +313,11 @@ def drain(
     requeued, reaped_dead = queue.reap(settings.AB_MAX_ATTEMPTS)
     result.requeued = requeued
     result.dead_lettered += reaped_dead
+    claimer = queue.claimer()  # every shard, in turn from a random one
     _drop_broken_connection()
     while time.monotonic() - started < budget and not _stop.is_set():
         try:
-            batch = drain_once(batch_size)
+            batch = drain_once(batch_size, claimer)
         except DatabaseError as exc:
             result.error = f"{type(exc).__name__}: {exc}".strip()
             log.warning("database unavailable, batch returned to the queue: %s", result.error)

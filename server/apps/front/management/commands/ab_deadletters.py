@@ -1,4 +1,9 @@
-"""``manage.py ab_deadletters list|replay|purge``: inspect, re-queue (after a fix) or drop dead letters."""
+"""``manage.py ab_deadletters list|replay|purge``: inspect, re-queue (after a fix) or drop dead letters.
+
+Covers every queue shard (and shards left over from a larger AB_QUEUE_SHARDS):
+``list`` indexes run over the shards in order, each oldest first; a replayed
+event goes back to its own shard's queue.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +62,7 @@ class Command(BaseCommand):
                     json.dumps(
                         {
                             "index": letter.index,
+                            "shard": letter.shard,
                             "event_id": letter.event_id,
                             "at": letter.at.isoformat() if letter.at else None,
                             "error": letter.error,
@@ -67,6 +73,7 @@ class Command(BaseCommand):
             else:
                 at = letter.at.strftime("%Y-%m-%d %H:%M:%S") if letter.at else "-"
                 error = " ".join(letter.error.split())[:300]  # PostgreSQL's errors span lines
-                self.stdout.write(f"#{letter.index}  {at}  {letter.event_id or '-'}  {error}")
+                shard = f"  shard {letter.shard}" if letter.shard else ""
+                self.stdout.write(f"#{letter.index}{shard}  {at}  {letter.event_id or '-'}  {error}")
         if not as_json:
             self.stdout.write(f"{len(letters)} shown of {total} dead letters")

@@ -12,7 +12,10 @@ from server.apps.front.ops import status
 
 
 class Command(BaseCommand):
-    help = "Print the Redis queue's depth, in-flight events, dead letters, lag and last successful drain."
+    help = (
+        "Print the Redis queue's depth, in-flight events, dead letters, lag and last successful drain: "
+        "totals, then per shard when there are several."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--json", dest="as_json", action="store_true", help="one JSON object, for scripts")
