@@ -110,3 +110,47 @@ class ABEvent(models.Model):
     def __str__(self) -> str:
         user_id = self.user_id or self.session_id[:8]
         return f"{user_id} - {self.variant} - {self.event_type}"
+
+
+class ABSession(models.Model):
+    """One session of the experiment, folded from its stored events (the report's unit).
+
+    Kept by PostgreSQL triggers on ``ab_events`` in the transaction that stores
+    or deletes the events (report/rollup.py, docs/report.md); never written by
+    Django. ``manage.py ab_rollup --rebuild`` recomputes it from ``ab_events``.
+    """
+
+    session_id = models.CharField(max_length=100, primary_key=True, help_text="ID сессии")
+    events = models.BigIntegerField(help_text="Событий сессии в ab_events")
+    # The variant of its variant_assigned events (the smallest name if several); min/max over all its
+    # events tell a contaminated session (events in two variants).
+    variant = models.CharField(max_length=20, null=True, blank=True, help_text="Назначенный вариант")
+    min_variant = models.CharField(max_length=20)
+    max_variant = models.CharField(max_length=20)
+    started = models.BooleanField()
+    completed = models.BooleanField()
+    abandoned = models.BooleanField()
+    abandoned_step = models.IntegerField(null=True, blank=True)
+    min_step = models.IntegerField(null=True, blank=True)
+    max_step = models.IntegerField(null=True, blank=True)
+    # {step: smallest metadata.time_spent_ms of that step's step_completed events}
+    step_ms = models.JSONField(null=True, blank=True)
+    # Times are COALESCE(event_time, timestamp) of the events; assigned_at is when the session entered the
+    # experiment (what the report's date range selects on; first_event_at for a session never assigned).
+    first_event_at = models.DateTimeField()
+    last_event_at = models.DateTimeField()
+    assigned_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "ab_sessions"
+        managed = True
+        indexes = [
+            models.Index(
+                models.functions.Coalesce("assigned_at", "first_event_at"), name="ab_sessions_entered_at"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} - {self.variant}"

@@ -1,21 +1,26 @@
 """The experiment report: session-level aggregates from PostgreSQL, statistics, verdict.
 
-One SQL statement does all the counting (``AGGREGATES_SQL``): it folds the
-events into one row per session, then groups those rows into the funnel, the
-drop-off, and the time figures, and returns them as one JSON document. Python
-only turns those few dozen numbers into statistics (``stats``) and a verdict.
+One SQL statement does all the counting (``AGGREGATES_SQL``): it reads one
+row per session from the rollup ``ab_sessions`` (kept by the database as
+events are stored, report/rollup.py), then groups those rows into the funnel,
+the drop-off, and the time figures, and returns them as one JSON document.
+Python only turns those few dozen numbers into statistics (``stats``) and a
+verdict. The same statement over sessions folded from every event
+(``source="events"``) is the reference the rollup is tested against.
 
 Definitions (see docs/report.md for how to read them):
 
 * the unit is the session; a session's variant is that of its
-  ``variant_assigned`` event;
+  ``variant_assigned`` event; a date range selects sessions by when they
+  entered the experiment (their first ``variant_assigned``; a session without
+  one by its first event) and counts all their events;
 * a session with events in both variants is *contaminated* and excluded
   (so "the variant of its first ``variant_assigned``" and "of any" agree for
-  every session that is kept); one without ``variant_assigned`` (in the date
-  range) is *unassigned* and excluded; both are counted and shown;
+  every session that is kept); one without ``variant_assigned`` is
+  *unassigned* and excluded; both are counted and shown;
 * every funnel count is a count of sessions (``bool_or`` per session), so a
   duplicated event never counts twice; a step's time is taken once per
-  session and step;
+  session and step (the smallest ``time_spent_ms`` sent for it);
 * "step k done" = the session completed step k or a later one; a session's
   drop-off step is the furthest step at which it sent ``onboarding_abandoned``;
 * time to complete = the sum of the session's step times
@@ -39,9 +44,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils.dateparse import parse_date, parse_datetime
 
-from server.apps.front import experiment
 from server.apps.front.experiment import CONTROL, TREATMENT, VARIANT_NAMES, configured_split, parse_split
-from server.apps.front.report import stats
+from server.apps.front.report import rollup, stats
 from server.apps.front.report.model import (
     CompletionTime,
     Dropout,
@@ -58,35 +62,24 @@ from server.apps.front.report.model import (
 
 T = TypeVar("T")
 
+# Where the report's sessions come from: the rollup ab_sessions (what requests read), or the same rows
+# folded from every event in ab_events (the reference implementation: tests and --full-scan compare the two).
+# Both select sessions by when they entered the experiment: the time of their first variant_assigned event,
+# or for a session that never got one (counted as "unassigned" only) the time of its first event.
+_SESSION_COLUMNS = """session_id, events, variant, min_variant <> max_variant AS contaminated,
+        started, completed, abandoned, abandoned_step, min_step, max_step, step_ms"""
+_IN_RANGE = """(%(since)s::timestamptz IS NULL OR COALESCE(assigned_at, first_event_at) >= %(since)s::timestamptz)
+      AND (%(until)s::timestamptz IS NULL OR COALESCE(assigned_at, first_event_at) < %(until)s::timestamptz)"""
+SESSIONS_FROM_ROLLUP = f"SELECT {_SESSION_COLUMNS} FROM ab_sessions WHERE {_IN_RANGE}"
+SESSIONS_FROM_EVENTS = (
+    f"SELECT {_SESSION_COLUMNS} FROM ({rollup.session_rows_sql('ab_events')}) AS folded WHERE {_IN_RANGE}"
+)
+
 AGGREGATES_SQL = """
-WITH events AS (
-    SELECT session_id, variant, event_type, step_number,
-        CASE WHEN event_type = %(ev_step)s AND jsonb_typeof(metadata -> 'time_spent_ms') = 'number'
-             THEN (metadata ->> 'time_spent_ms')::double precision END AS ms
-    FROM ab_events
-    -- The event's own time where the client sent one (client_ts corrected to
-    -- the server's clock at enqueue, docs/frontend.md), else the receive time.
-    WHERE (%(since)s::timestamptz IS NULL OR COALESCE(event_time, "timestamp") >= %(since)s::timestamptz)
-      AND (%(until)s::timestamptz IS NULL OR COALESCE(event_time, "timestamp") < %(until)s::timestamptz)
-),
-sessions AS MATERIALIZED (
-    -- The one grouped pass over the events: one row per session. jsonb_object_agg
-    -- keeps one time per step (a repeated key keeps one value), so a step_completed
-    -- sent twice is timed once.
-    SELECT
-        session_id,
-        count(*) AS events,
-        min(variant) FILTER (WHERE event_type = %(ev_assigned)s) AS variant,
-        min(variant) <> max(variant) AS contaminated,
-        bool_or(event_type = %(ev_started)s) AS started,
-        bool_or(event_type = %(ev_completed)s) AS completed,
-        bool_or(event_type = %(ev_abandoned)s) AS abandoned,
-        max(step_number) FILTER (WHERE event_type = %(ev_abandoned)s) AS abandoned_step,
-        min(step_number) FILTER (WHERE event_type = %(ev_step)s) AS min_step,
-        max(step_number) FILTER (WHERE event_type = %(ev_step)s) AS max_step,
-        jsonb_object_agg(step_number, ms) FILTER (WHERE step_number IS NOT NULL AND ms >= 0) AS step_ms
-    FROM events
-    GROUP BY session_id
+WITH sessions AS MATERIALIZED (
+    -- One row per session (see SESSIONS_FROM_ROLLUP / SESSIONS_FROM_EVENTS): each step timed once, by the
+    -- smallest time sent for it, so a step_completed sent twice counts once whatever the arrival order.
+    {sessions}
 ),
 classified AS MATERIALIZED (
     SELECT *,
@@ -118,8 +111,10 @@ step_caps AS MATERIALIZED (
 ),
 step_stats AS (
     SELECT t.variant, t.step, count(*) AS sessions,
-        avg(least(t.ms, c.cap)) AS mean_ms,
-        avg(t.ms) AS mean_raw_ms,
+        -- Sums in numeric: exact, so the figures do not depend on the order rows are read in (the rollup and
+        -- the full scan read sessions in different orders and must agree to the last digit).
+        avg(least(t.ms, c.cap)::numeric)::double precision AS mean_ms,
+        avg(t.ms::numeric)::double precision AS mean_raw_ms,
         percentile_cont(0.5) WITHIN GROUP (ORDER BY t.ms) AS median_ms,
         percentile_cont(0.9) WITHIN GROUP (ORDER BY t.ms) AS p90_ms,
         max(c.cap) AS cap_ms
@@ -127,16 +122,17 @@ step_stats AS (
     GROUP BY t.variant, t.step
 ),
 totals AS (
-    SELECT variant, sum(ms) AS total_ms FROM step_times WHERE completed GROUP BY variant, session_id
+    SELECT variant, sum(ms::numeric)::double precision AS total_ms
+    FROM step_times WHERE completed GROUP BY variant, session_id
 ),
 total_cap AS MATERIALIZED (
     SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY total_ms) AS cap FROM totals
 ),
 total_stats AS (
     SELECT t.variant, count(*) AS sessions,
-        avg(least(t.total_ms, c.cap)) AS mean_ms,
-        stddev_samp(least(t.total_ms, c.cap)) AS sd_ms,
-        avg(t.total_ms) AS mean_raw_ms,
+        avg(least(t.total_ms, c.cap)::numeric)::double precision AS mean_ms,
+        stddev_samp(least(t.total_ms, c.cap)::numeric)::double precision AS sd_ms,
+        avg(t.total_ms::numeric)::double precision AS mean_raw_ms,
         percentile_cont(0.5) WITHIN GROUP (ORDER BY t.total_ms) AS median_ms,
         percentile_cont(0.9) WITHIN GROUP (ORDER BY t.total_ms) AS p90_ms,
         max(c.cap) AS cap_ms
@@ -149,6 +145,8 @@ SELECT json_build_object(
     'totals', (SELECT coalesce(json_agg(total_stats), '[]'::json) FROM total_stats)
 )
 """
+
+SOURCES = {"rollup": SESSIONS_FROM_ROLLUP, "events": SESSIONS_FROM_EVENTS}
 
 
 # --- options -----------------------------------------------------------------------
@@ -203,20 +201,18 @@ def options_from_query(query: Mapping[str, str]) -> dict[str, Any]:
 
 # --- database ----------------------------------------------------------------------
 
-# The funnel's event types, from the experiment (psycopg2 quotes them into the statement client-side).
-_EVENT_PARAMS = {
-    "ev_assigned": experiment.VARIANT_ASSIGNED,
-    "ev_started": experiment.ONBOARDING_STARTED,
-    "ev_step": experiment.STEP_COMPLETED,
-    "ev_completed": experiment.ONBOARDING_COMPLETED,
-    "ev_abandoned": experiment.ONBOARDING_ABANDONED,
-}
 
+def fetch_aggregates(
+    since: datetime | None = None, until: datetime | None = None, *, source: str = "rollup"
+) -> dict[str, Any]:
+    """Run ``AGGREGATES_SQL``: session-level counts and time summaries as one JSON document.
 
-def fetch_aggregates(since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
-    """Run ``AGGREGATES_SQL``: session-level counts and time summaries as one JSON document."""
+    ``source``: ``"rollup"`` reads ab_sessions; ``"events"`` folds every event of ab_events (the reference,
+    its cost grows with the table).
+    """
+    sql = AGGREGATES_SQL.replace("{sessions}", SOURCES[source])
     with connection.cursor() as cursor:
-        cursor.execute(AGGREGATES_SQL, {"since": since, "until": until, **_EVENT_PARAMS})
+        cursor.execute(sql, {"since": since, "until": until})
         (document,) = cursor.fetchone()
     # psycopg decodes ``json`` columns itself; a plain string means a driver that does not.
     return document if isinstance(document, dict) else json.loads(document)
@@ -434,12 +430,17 @@ def analyse(
     expected_split: dict[str, float] | None = None,
     sequential: bool | None = None,
     alpha: float = stats.DEFAULT_ALPHA,
+    source: str = "rollup",
 ) -> Report:
-    """The typed report for events with ``since <= coalesce(event_time, timestamp) < until``."""
+    """The typed report for the sessions that entered the experiment in ``[since, until)``.
+
+    A session enters at its first ``variant_assigned`` event (``COALESCE(event_time, timestamp)``); all its
+    events count, whenever they happened. ``source="events"`` computes it from a full scan of ab_events.
+    """
     if sequential is None:
         sequential = bool(getattr(settings, "AB_REPORT_SEQUENTIAL", False))
     return assemble(
-        fetch_aggregates(since, until),
+        fetch_aggregates(since, until, source=source),
         since=since,
         until=until,
         expected_split=expected_split,

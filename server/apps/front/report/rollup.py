@@ -1,0 +1,347 @@
+"""The session rollup ``ab_sessions``: one row per session, kept by PostgreSQL as events are stored.
+
+The report used to fold every event into sessions on each request, a cost
+that grew with the experiment's age (4 s over 1M events). ``ab_sessions``
+holds what the report needs per session, so a report reads one narrow row per
+session instead.
+
+How it is kept (one rule for every path that writes ``ab_events``):
+
+* a statement-level ``AFTER INSERT`` trigger on ``ab_events`` with a
+  transition table (``REFERENCING NEW TABLE``) folds the rows *that statement
+  actually inserted* into their sessions, in the inserting transaction. An
+  ``INSERT ... ON CONFLICT DO NOTHING`` that skips a duplicate ``event_id``
+  leaves it out of the transition table, so a redelivered event changes
+  nothing; a rolled-back savepoint (the writer's bisection) rolls its delta
+  back with its rows; ``COPY`` fires the trigger too. The writer's code does
+  not change, whichever way it inserts (``bulk_create`` today, COPY later).
+* the delta is merged commutatively (``ON CONFLICT (session_id) DO UPDATE``):
+  counts add, flags OR, steps and times by min/max, and a step's time is the
+  *smallest* ``time_spent_ms`` sent for that step, so the result does not
+  depend on the order in which a session's events arrive, across batches and
+  concurrent drains. Rows are upserted in ``session_id`` order so two drains
+  touching the same sessions lock them in the same order (no deadlock).
+* a statement-level ``AFTER DELETE`` trigger (retention, ``ab_prune``)
+  recomputes the touched sessions from the events that remain.
+* ``UPDATE`` of ``ab_events`` is not followed (nothing updates events: the
+  admin is read-only); after a restore or a manual edit, run
+  ``manage.py ab_rollup --rebuild``.
+
+The per-session fold is one SQL template (``session_rows_sql``) used by the
+trigger (over the transition table), by the rebuild (over a range of
+``ab_events``) and by the report's full-scan reference (over all of
+``ab_events``), so the three cannot drift apart; the equivalence tests check
+that the kept rows and the report equal a full scan, number for number.
+
+Rebuild (``rebuild``): bounded batches of sessions by ``session_id`` range,
+each in its own short transaction that first takes ``SHARE ROW EXCLUSIVE`` on
+``ab_sessions``. That lock conflicts with the trigger's upsert (``ROW
+EXCLUSIVE``), so every writer transaction is either committed before the
+batch's snapshot (its events are read by the rebuild) or applies its delta
+after the batch commits (on top of the rebuilt row): none is lost or counted
+twice. Writers wait for at most one batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection, transaction
+
+from server.apps.front import experiment
+
+# A step time outside [0, MAX_STEP_MS] ms is not a time (a client bug or a tab left open for years): left out.
+# The bound also keeps the cast to double precision from overflowing on a huge JSON number, which would
+# otherwise fail the insert and dead-letter a valid event.
+MAX_STEP_MS = 10**12
+
+_TYPES = {
+    "assigned": experiment.VARIANT_ASSIGNED,
+    "started": experiment.ONBOARDING_STARTED,
+    "step": experiment.STEP_COMPLETED,
+    "completed": experiment.ONBOARDING_COMPLETED,
+    "abandoned": experiment.ONBOARDING_ABANDONED,
+}
+for _name in _TYPES.values():  # they are written into SQL as literals (the trigger's body is static)
+    assert _name.isidentifier(), _name
+
+# The columns of ab_sessions, in the order session_rows_sql returns them.
+COLUMNS = (
+    "session_id",
+    "events",
+    "variant",
+    "min_variant",
+    "max_variant",
+    "started",
+    "completed",
+    "abandoned",
+    "abandoned_step",
+    "min_step",
+    "max_step",
+    "step_ms",
+    "first_event_at",
+    "last_event_at",
+    "assigned_at",
+    "started_at",
+    "completed_at",
+)
+
+
+def session_rows_sql(source: str) -> str:
+    """SELECT of one ab_sessions row per session over the events in ``source`` (a table name or subquery).
+
+    A session's time is ``COALESCE(event_time, "timestamp")`` (the event's own
+    moment where the client sent one, docs/frontend.md). ``step_ms`` is a JSON
+    object {step: smallest time_spent_ms of that step's step_completed events}
+    (NULL when there is none); ``source`` is read twice.
+    """
+    t = {k: f"'{v}'" for k, v in _TYPES.items()}
+    at = 'COALESCE(e.event_time, e."timestamp")'
+    # CASE, not AND: SQL does not promise to test the type before it casts a string.
+    ms = (
+        "CASE WHEN jsonb_typeof(e.metadata -> 'time_spent_ms') = 'number' "
+        "THEN (e.metadata ->> 'time_spent_ms')::numeric END"
+    )
+    return f"""
+    SELECT a.*, m.step_ms FROM (
+        SELECT e.session_id,
+            count(*) AS events,
+            min(e.variant) FILTER (WHERE e.event_type = {t["assigned"]}) AS variant,
+            min(e.variant) AS min_variant,
+            max(e.variant) AS max_variant,
+            bool_or(e.event_type = {t["started"]}) AS started,
+            bool_or(e.event_type = {t["completed"]}) AS completed,
+            bool_or(e.event_type = {t["abandoned"]}) AS abandoned,
+            max(e.step_number) FILTER (WHERE e.event_type = {t["abandoned"]}) AS abandoned_step,
+            min(e.step_number) FILTER (WHERE e.event_type = {t["step"]}) AS min_step,
+            max(e.step_number) FILTER (WHERE e.event_type = {t["step"]}) AS max_step,
+            min({at}) AS first_event_at,
+            max({at}) AS last_event_at,
+            min({at}) FILTER (WHERE e.event_type = {t["assigned"]}) AS assigned_at,
+            min({at}) FILTER (WHERE e.event_type = {t["started"]}) AS started_at,
+            min({at}) FILTER (WHERE e.event_type = {t["completed"]}) AS completed_at
+        FROM {source} AS e
+        GROUP BY e.session_id
+    ) AS a LEFT JOIN (
+        SELECT x.session_id, jsonb_object_agg(x.step, x.ms) AS step_ms FROM (
+            SELECT e.session_id, e.step_number AS step, min({ms})::double precision AS ms
+            FROM {source} AS e
+            WHERE e.event_type = {t["step"]} AND e.step_number IS NOT NULL AND {ms} BETWEEN 0 AND {MAX_STEP_MS}
+            GROUP BY e.session_id, e.step_number
+        ) AS x GROUP BY x.session_id
+    ) AS m ON m.session_id = a.session_id"""
+
+
+def _merge(column: str) -> str:
+    """How an existing row (``s``) and a delta (``EXCLUDED``) combine, commutatively and associatively."""
+    old, new = f"s.{column}", f"EXCLUDED.{column}"
+    if column == "events":
+        return f"{old} + {new}"
+    if column in ("started", "completed", "abandoned"):
+        return f"{old} OR {new}"
+    if column in ("variant", "min_variant", "min_step", "first_event_at", "assigned_at", "started_at", "completed_at"):
+        return f"LEAST({old}, {new})"  # LEAST/GREATEST skip NULLs
+    if column in ("max_variant", "abandoned_step", "max_step", "last_event_at"):
+        return f"GREATEST({old}, {new})"
+    if column == "step_ms":
+        return (
+            f"CASE WHEN {old} IS NULL THEN {new} WHEN {new} IS NULL THEN {old} ELSE ("
+            "SELECT jsonb_object_agg(u.key, u.ms) FROM ("
+            "SELECT key, min(value::double precision) AS ms "
+            f"FROM (SELECT * FROM jsonb_each({old}) UNION ALL SELECT * FROM jsonb_each({new})) AS j GROUP BY key"
+            ") AS u) END"
+        )
+    raise ValueError(column)
+
+
+def upsert_sql(source: str) -> str:
+    """Fold the events in ``source`` into ab_sessions (merge into existing rows), in session_id order."""
+    names = ", ".join(COLUMNS)
+    updates = ",\n        ".join(f"{c} = {_merge(c)}" for c in COLUMNS if c != "session_id")
+    return f"""INSERT INTO ab_sessions AS s ({names})
+    SELECT {names} FROM ({session_rows_sql(source)}) AS d
+    ORDER BY session_id
+    ON CONFLICT (session_id) DO UPDATE SET
+        {updates}"""
+
+
+def replace_sql(source: str) -> str:
+    """Recompute ab_sessions rows from all their events in ``source`` (overwrite, no merge)."""
+    names = ", ".join(COLUMNS)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "session_id")
+    return f"""INSERT INTO ab_sessions AS s ({names})
+    SELECT {names} FROM ({session_rows_sql(source)}) AS d
+    ORDER BY session_id
+    ON CONFLICT (session_id) DO UPDATE SET {updates}"""
+
+
+# --- the triggers (installed by migration 0003; a test checks the installed bodies equal these) ---------------
+
+INSERT_FUNCTION = "ab_sessions_on_insert"
+DELETE_FUNCTION = "ab_sessions_on_delete"
+
+
+def insert_function_body() -> str:
+    return f"""
+BEGIN
+    {upsert_sql("new_events")};
+    RETURN NULL;
+END
+"""
+
+
+def delete_function_body() -> str:
+    touched = "(SELECT DISTINCT session_id FROM old_events)"
+    return f"""
+BEGIN
+    DELETE FROM ab_sessions WHERE session_id IN {touched};
+    {replace_sql(f"(SELECT * FROM ab_events WHERE session_id IN {touched})")};
+    RETURN NULL;
+END
+"""
+
+
+def install_sql() -> str:
+    """The DDL of the rollup's type, functions and triggers (idempotent)."""
+    return f"""
+CREATE OR REPLACE FUNCTION {INSERT_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $body${insert_function_body()}$body$;
+CREATE OR REPLACE FUNCTION {DELETE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $body${delete_function_body()}$body$;
+DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
+CREATE TRIGGER ab_events_rollup_insert AFTER INSERT ON ab_events
+    REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION {INSERT_FUNCTION}();
+DROP TRIGGER IF EXISTS ab_events_rollup_delete ON ab_events;
+CREATE TRIGGER ab_events_rollup_delete AFTER DELETE ON ab_events
+    REFERENCING OLD TABLE AS old_events FOR EACH STATEMENT EXECUTE FUNCTION {DELETE_FUNCTION}();
+"""
+
+
+UNINSTALL_SQL = f"""
+DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
+DROP TRIGGER IF EXISTS ab_events_rollup_delete ON ab_events;
+DROP FUNCTION IF EXISTS {INSERT_FUNCTION}();
+DROP FUNCTION IF EXISTS {DELETE_FUNCTION}();
+"""
+
+
+def installed_bodies() -> dict[str, str]:
+    """The trigger functions' bodies as installed in the database."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT proname, prosrc FROM pg_proc WHERE proname IN (%s, %s)", [INSERT_FUNCTION, DELETE_FUNCTION]
+        )
+        return dict(cursor.fetchall())
+
+
+# --- rebuild -------------------------------------------------------------------------------
+
+
+@dataclass
+class RebuildProgress:
+    batches: int = 0
+    sessions: int = 0
+    events: int = 0
+    seconds: float = 0.0
+    last_session_id: str | None = None
+
+    def line(self) -> str:
+        rate = self.events / self.seconds if self.seconds else 0.0
+        return (
+            f"batch {self.batches}: {self.sessions} sessions, {self.events} events in {self.seconds:.1f} s "
+            f"({rate:,.0f} events/s), up to session {self.last_session_id!r}"
+        )
+
+
+def _rebuild_range(low: str | None, high: str | None) -> tuple[int, int]:
+    """Recompute ab_sessions for low <= session_id < high in one short transaction; (sessions, events)."""
+    where = "(%(low)s::text IS NULL OR session_id >= %(low)s) AND (%(high)s::text IS NULL OR session_id < %(high)s)"
+    params = {"low": low, "high": high}
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Conflicts with the insert trigger's upsert (ROW EXCLUSIVE): every writer transaction is either
+        # committed before the next statement's snapshot or applies its delta after this one commits.
+        cursor.execute("LOCK TABLE ab_sessions IN SHARE ROW EXCLUSIVE MODE")
+        cursor.execute(f"DELETE FROM ab_sessions WHERE {where}", params)
+        cursor.execute(replace_sql(f"(SELECT * FROM ab_events WHERE {where})"), params)
+        sessions = cursor.rowcount
+        cursor.execute(f"SELECT coalesce(sum(events), 0) FROM ab_sessions WHERE {where}", params)
+        (events,) = cursor.fetchone()
+    return sessions, int(events)
+
+
+def _boundaries(batch_events: int) -> Iterator[tuple[str | None, str | None]]:
+    """[low, high) session_id ranges covering the whole key space, about ``batch_events`` events each."""
+    low: str | None = None
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT session_id FROM ab_events WHERE (%(low)s::text IS NULL OR session_id >= %(low)s) "
+                "ORDER BY session_id OFFSET %(n)s LIMIT 1",
+                {"low": low, "n": batch_events},
+            )
+            row = cursor.fetchone()
+            if row is not None and row[0] == low:
+                # One session holds more than batch_events events: the range is that session alone.
+                cursor.execute("SELECT min(session_id) FROM ab_events WHERE session_id > %s", [low])
+                row = cursor.fetchone()
+                row = None if row[0] is None else row
+        if row is None:
+            yield low, None
+            return
+        yield low, row[0]
+        low = row[0]
+
+
+def rebuild(
+    *,
+    since: datetime | None = None,
+    batch_events: int = 50_000,
+    progress: Callable[[RebuildProgress], None] | None = None,
+) -> RebuildProgress:
+    """Rebuild ab_sessions from ab_events, in batches, while ingest and drains go on.
+
+    Without ``since``: every session, by session_id range (rows whose session
+    has no event left are deleted). With ``since``: only the sessions that
+    received an event at or after it (``ab_events.timestamp``, the receive
+    time, which is indexed and never earlier than ``event_time``).
+    """
+    done = RebuildProgress()
+    started = time.monotonic()
+
+    def report(sessions: int, events: int, last: str | None) -> None:
+        done.batches += 1
+        done.sessions += sessions
+        done.events += events
+        done.last_session_id = last
+        done.seconds = time.monotonic() - started
+        if progress is not None:
+            progress(done)
+
+    if since is None:
+        for low, high in _boundaries(batch_events):
+            sessions, events = _rebuild_range(low, high)
+            report(sessions, events, high)
+        return done
+    with connection.cursor() as cursor:
+        cursor.execute('SELECT DISTINCT session_id FROM ab_events WHERE "timestamp" >= %s ORDER BY session_id', [since])
+        touched = [row[0] for row in cursor.fetchall()]
+    # About batch_events events per batch, assuming ~10 events per session.
+    step = max(1, batch_events // 10)
+    for i in range(0, len(touched), step):
+        chunk = touched[i : i + step]
+        sessions, events = _rebuild_sessions(chunk)
+        report(sessions, events, chunk[-1])
+    return done
+
+
+def _rebuild_sessions(session_ids: list[str]) -> tuple[int, int]:
+    """Recompute the given sessions' rows in one short transaction; (sessions, events)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("LOCK TABLE ab_sessions IN SHARE ROW EXCLUSIVE MODE")
+        cursor.execute("DELETE FROM ab_sessions WHERE session_id = ANY(%s)", [session_ids])
+        cursor.execute(replace_sql("(SELECT * FROM ab_events WHERE session_id = ANY(%(ids)s))"), {"ids": session_ids})
+        sessions = cursor.rowcount
+        cursor.execute("SELECT coalesce(sum(events), 0) FROM ab_sessions WHERE session_id = ANY(%s)", [session_ids])
+        (events,) = cursor.fetchone()
+    return sessions, int(events)
