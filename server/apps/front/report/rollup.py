@@ -345,3 +345,21 @@ def _rebuild_sessions(session_ids: list[str]) -> tuple[int, int]:
         cursor.execute("SELECT coalesce(sum(events), 0) FROM ab_sessions WHERE session_id = ANY(%s)", [session_ids])
         (events,) = cursor.fetchone()
     return sessions, int(events)
+
+
+def differences(limit: int = 10) -> tuple[int, list[str]]:
+    """Sessions whose ab_sessions row differs from a fold of their events (missing or extra rows included).
+
+    A full scan of ab_events: for checks after a migration or a restore, and for the tests.
+    """
+    names = ", ".join(COLUMNS)
+    differ = " OR ".join(f"k.{c} IS DISTINCT FROM f.{c}" for c in COLUMNS[1:])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT coalesce(k.session_id, f.session_id) FROM (SELECT {names} FROM ab_sessions) AS k
+            FULL JOIN (SELECT {names} FROM ({session_rows_sql("ab_events")}) AS e) AS f ON f.session_id = k.session_id
+            WHERE k.session_id IS NULL OR f.session_id IS NULL OR {differ}
+            ORDER BY 1"""
+        )
+        rows = [row[0] for row in cursor.fetchall()]
+    return len(rows), rows[:limit]
