@@ -26,8 +26,10 @@ this module only describes them:
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -42,8 +44,10 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 
+from server.apps.front import experiment
 from server.apps.front.ingest.clocks import ClientTimestampField
 from server.apps.front.ingest.serializers import ABEventSerializer
+from server.apps.front.report import build as report_build
 from server.apps.front.report import model as report_model
 
 # --- envelopes -------------------------------------------------------------------------
@@ -124,6 +128,12 @@ class Batch(serializers.Serializer):
     )
 
 
+# The times the pipeline can carry (ingest/clocks.py): Python datetimes, years 1-9999, in UTC.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_MS_MIN = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+_EPOCH_MS_MAX = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+
+
 class TimestampFieldExtension(OpenApiSerializerFieldExtension):
     """``client_ts`` / ``sent_at``: an ISO-8601 date-time or epoch milliseconds (ingest/clocks.py)."""
 
@@ -134,7 +144,12 @@ class TimestampFieldExtension(OpenApiSerializerFieldExtension):
         return {
             "oneOf": [
                 {"type": "string", "format": "date-time"},
-                {"type": "integer", "description": "milliseconds since the Unix epoch"},
+                {
+                    "type": "number",
+                    "description": "milliseconds since the Unix epoch (`Date.now()`); years 1-9999 in UTC",
+                    "minimum": _EPOCH_MS_MIN,
+                    "maximum": _EPOCH_MS_MAX,
+                },
             ],
             "nullable": True,
         }
@@ -195,20 +210,12 @@ def _error_responses(codes: list[int]) -> dict[int, OpenApiResponse]:
     }
 
 
-_CONTENT_ENCODING = OpenApiParameter(
-    "Content-Encoding",
-    str,
-    OpenApiParameter.HEADER,
-    required=False,
-    enum=["gzip", "identity"],
-    description="Bodies may be gzipped (`CompressionStream` in browsers); the size limit applies after inflating.",
-)
-
 _INGEST_DESCRIPTION = (
     "Validates and queues to Redis; never touches PostgreSQL. A 2xx means the event reaches `ab_events` "
     "exactly once (a retry with the same `event_id` is stored once). `Content-Type` is `application/json` "
-    "or `text/plain` (what `navigator.sendBeacon` sends), both carrying the same JSON. Limits: see "
-    "`x-limits` and the field descriptions."
+    "or `text/plain` (what `navigator.sendBeacon` sends), both carrying the same JSON. The body may be "
+    "sent with `Content-Encoding: gzip` (`x-content-encoding`; browsers: `CompressionStream`); the size limit "
+    "applies after inflating too. Limits: see `x-limits` and the field descriptions."
 )
 
 # --- ingest operations -------------------------------------------------------------------
@@ -230,7 +237,6 @@ class SingleEventView(OpenApiViewExtension):
             description=_INGEST_DESCRIPTION,
             tags=["ingest"],
             request=SingleEvent,
-            parameters=[_CONTENT_ENCODING],
             responses={
                 201: OpenApiResponse(
                     Accepted,
@@ -261,7 +267,6 @@ class BatchView(OpenApiViewExtension):
             "invalid (no `events` list, too many events, a bad `sent_at`).",
             tags=["ingest"],
             request=Batch,
-            parameters=[_CONTENT_ENCODING],
             responses={
                 200: OpenApiResponse(
                     BatchAnswer,
@@ -345,6 +350,38 @@ def report_schema() -> dict[str, Any]:
     return schema
 
 
+# Empty is the same as absent (no bound).
+_MOMENT = {
+    "anyOf": [
+        {"type": "string", "format": "date"},
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "maxLength": 0},
+    ]
+}
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# report.build.options_from_query: stripped, any case, one of TRUE_WORDS | FALSE_WORDS ("" too).
+_SEQUENTIAL_PATTERN = (
+    r"^\s*("
+    + "|".join(_any_case(w) for w in sorted(report_build.TRUE_WORDS | report_build.FALSE_WORDS) if w)
+    + r")?\s*$"
+)
+
+
+def split_pattern() -> str:
+    """experiment.parse_split: ``name=weight`` for each variant, in any order, weights positive and finite."""
+    weight = r"(0{0,15}[1-9]\d{0,15}(\.\d{0,15})?|\d{0,15}\.\d{0,14}[1-9]\d{0,15})"
+    names = list(experiment.VARIANT_NAMES)
+    orders = [names, names[::-1]] if len(names) == 2 else [names]
+    alternatives = [r"\s*,\s*".join(rf"{re.escape(n)}\s*=\s*{weight}" for n in order) for order in orders]
+    # Empty is the same as absent (the planned split).
+    return r"^(\s*(" + "|".join(alternatives) + r")\s*)?$"
+
+
 class ReportView(OpenApiViewExtension):
     target_class = "server.apps.front.report.views.ABReportView"
 
@@ -357,16 +394,19 @@ class ReportView(OpenApiViewExtension):
             "events, are counted. Staff users only: session cookie (admin login) or `Authorization: Token <key>`.",
             tags=["report"],
             parameters=[
-                OpenApiParameter("since", str, description="ISO date or datetime (naive = UTC); events from then."),
-                OpenApiParameter("until", str, description="ISO date (the whole day included) or datetime."),
+                OpenApiParameter("since", _MOMENT, description="ISO date or datetime (naive = UTC); events from then."),
+                OpenApiParameter("until", _MOMENT, description="ISO date (the whole day included) or datetime."),
                 OpenApiParameter(
                     "sequential",
-                    str,
-                    description="`1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`: "
+                    {"type": "string", "pattern": _SEQUENTIAL_PATTERN},
+                    description="`1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off` (any case): "
                     "verdict from the always-valid interval.",
                 ),
                 OpenApiParameter(
-                    "split", str, description="Planned split for the SRM check, e.g. `fast=0.5,deep=0.5`."
+                    "split",
+                    {"type": "string", "pattern": split_pattern()},
+                    description="Planned split for the SRM check: a positive weight for each variant, "
+                    "e.g. `fast=0.5,deep=0.5`.",
                 ),
             ],
             responses={
@@ -420,11 +460,10 @@ def _patch_event(component: dict[str, Any], lim: dict[str, Any]) -> None:
     props["session_id"].update(minLength=1, pattern="^[^\\x00]*[^\\s\\x00][^\\x00]*$")
     props["metadata"] = {
         "type": "object",
-        "nullable": True,
         "additionalProperties": True,
         "description": f"Free-form JSON object: at most {lim['max_metadata_bytes']} bytes of JSON and "
         f"{lim['max_metadata_depth']} levels of nesting; no NUL characters, no NaN/Infinity, integers within "
-        "64 bits. null is stored as {}.",
+        "64 bits.",
         "x-max-bytes": lim["max_metadata_bytes"],
         "x-max-depth": lim["max_metadata_depth"],
     }
@@ -555,13 +594,21 @@ def postprocess(result: dict[str, Any], generator: Any, request: Any, public: bo
         schemas[name]["properties"]["success"]["enum"] = [value]
     for name in ("ABEvent", "SingleEvent"):
         _patch_event(schemas[name], lim)
-    schemas["Batch"]["properties"]["events"]["maxItems"] = lim["max_batch_events"]
-    schemas["Batch"]["properties"]["events"]["description"] = (
-        f"At most {lim['max_batch_events']} events; each is validated on its own."
+    events = schemas["Batch"]["properties"]["events"]
+    events["maxItems"] = lim["max_batch_events"]
+    events["description"] = (
+        f"At most {lim['max_batch_events']} events, each validated on its own: an item that is not a valid "
+        "ABEvent does not fail the batch, it is listed in the answer's `rejected` by index."
     )
+    # Any item is accepted into the request (BatchSerializer's events has no child field);
+    # only the valid ones are queued.
+    events["items"] = {"anyOf": [events["items"], {"description": "anything else: rejected by index"}]}
     for path in ("/api/rest/front/ab-event/", "/api/rest/front/ab-events/"):
         operation = result["paths"][path]["post"]
         operation["x-limits"] = lim
+        # Not a header parameter: a Content-Encoding that the body does not
+        # match is a 400, so it cannot be chosen independently of the body.
+        operation["x-content-encoding"] = ["gzip", "x-gzip", "identity"]
         for code in ("429", "503"):
             operation["responses"][code]["headers"] = _RETRY_AFTER
     result["paths"].update(_PLAIN_PATHS)
