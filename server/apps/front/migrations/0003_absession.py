@@ -6,8 +6,7 @@ from django.db import migrations, models
 # A frozen copy of report/rollup.py's install_sql() and UNINSTALL_SQL at the time of this migration
 # (tests/report/test_rollup.py checks the installed trigger bodies equal the code's; a change to the
 # fold needs a new migration that installs the new bodies).
-INSTALL_SQL = r'''
-CREATE OR REPLACE FUNCTION ab_sessions_on_insert() RETURNS trigger LANGUAGE plpgsql AS $body$
+INSTALL_SQL = r'''CREATE OR REPLACE FUNCTION ab_sessions_on_insert() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
     INSERT INTO ab_sessions AS s (session_id, events, variant, min_variant, max_variant, started, completed, abandoned, abandoned_step, min_step, max_step, step_ms, first_event_at, last_event_at, assigned_at, started_at, completed_at)
     SELECT session_id, events, variant, min_variant, max_variant, started, completed, abandoned, abandoned_step, min_step, max_step, step_ms, first_event_at, last_event_at, assigned_at, started_at, completed_at FROM (
@@ -96,19 +95,30 @@ BEGIN
     RETURN NULL;
 END
 $body$;
+CREATE OR REPLACE FUNCTION ab_sessions_on_truncate() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    DELETE FROM ab_sessions;
+    RETURN NULL;
+END
+$body$;
 DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
 CREATE TRIGGER ab_events_rollup_insert AFTER INSERT ON ab_events
     REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION ab_sessions_on_insert();
 DROP TRIGGER IF EXISTS ab_events_rollup_delete ON ab_events;
 CREATE TRIGGER ab_events_rollup_delete AFTER DELETE ON ab_events
     REFERENCING OLD TABLE AS old_events FOR EACH STATEMENT EXECUTE FUNCTION ab_sessions_on_delete();
+DROP TRIGGER IF EXISTS ab_events_rollup_truncate ON ab_events;
+CREATE TRIGGER ab_events_rollup_truncate AFTER TRUNCATE ON ab_events
+    FOR EACH STATEMENT EXECUTE FUNCTION ab_sessions_on_truncate();
 '''
 
 UNINSTALL_SQL = r'''
 DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
 DROP TRIGGER IF EXISTS ab_events_rollup_delete ON ab_events;
+DROP TRIGGER IF EXISTS ab_events_rollup_truncate ON ab_events;
 DROP FUNCTION IF EXISTS ab_sessions_on_insert();
 DROP FUNCTION IF EXISTS ab_sessions_on_delete();
+DROP FUNCTION IF EXISTS ab_sessions_on_truncate();
 '''
 
 

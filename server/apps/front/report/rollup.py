@@ -23,6 +23,7 @@ How it is kept (one rule for every path that writes ``ab_events``):
   touching the same sessions lock them in the same order (no deadlock).
 * a statement-level ``AFTER DELETE`` trigger (retention, ``ab_prune``)
   recomputes the touched sessions from the events that remain.
+* ``TRUNCATE ab_events`` empties ab_sessions too.
 * ``UPDATE`` of ``ab_events`` is not followed (nothing updates events: the
   admin is read-only); after a restore or a manual edit, run
   ``manage.py ab_rollup --rebuild``.
@@ -182,6 +183,7 @@ def replace_sql(source: str) -> str:
 
 INSERT_FUNCTION = "ab_sessions_on_insert"
 DELETE_FUNCTION = "ab_sessions_on_delete"
+TRUNCATE_FUNCTION = "ab_sessions_on_truncate"
 
 
 def insert_function_body() -> str:
@@ -204,25 +206,49 @@ END
 """
 
 
+def truncate_function_body() -> str:
+    # DELETE, not TRUNCATE: a TRUNCATE naming both tables (Django's test flush) is still using ab_sessions.
+    return """
+BEGIN
+    DELETE FROM ab_sessions;
+    RETURN NULL;
+END
+"""
+
+
+def function_bodies() -> dict[str, str]:
+    return {
+        INSERT_FUNCTION: insert_function_body(),
+        DELETE_FUNCTION: delete_function_body(),
+        TRUNCATE_FUNCTION: truncate_function_body(),
+    }
+
+
 def install_sql() -> str:
     """The DDL of the rollup's type, functions and triggers (idempotent)."""
-    return f"""
-CREATE OR REPLACE FUNCTION {INSERT_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $body${insert_function_body()}$body$;
-CREATE OR REPLACE FUNCTION {DELETE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $body${delete_function_body()}$body$;
-DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
+    functions = "".join(
+        f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $body${body}$body$;\n"
+        for name, body in function_bodies().items()
+    )
+    return functions + f"""DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
 CREATE TRIGGER ab_events_rollup_insert AFTER INSERT ON ab_events
     REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION {INSERT_FUNCTION}();
 DROP TRIGGER IF EXISTS ab_events_rollup_delete ON ab_events;
 CREATE TRIGGER ab_events_rollup_delete AFTER DELETE ON ab_events
     REFERENCING OLD TABLE AS old_events FOR EACH STATEMENT EXECUTE FUNCTION {DELETE_FUNCTION}();
+DROP TRIGGER IF EXISTS ab_events_rollup_truncate ON ab_events;
+CREATE TRIGGER ab_events_rollup_truncate AFTER TRUNCATE ON ab_events
+    FOR EACH STATEMENT EXECUTE FUNCTION {TRUNCATE_FUNCTION}();
 """
 
 
 UNINSTALL_SQL = f"""
 DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
 DROP TRIGGER IF EXISTS ab_events_rollup_delete ON ab_events;
+DROP TRIGGER IF EXISTS ab_events_rollup_truncate ON ab_events;
 DROP FUNCTION IF EXISTS {INSERT_FUNCTION}();
 DROP FUNCTION IF EXISTS {DELETE_FUNCTION}();
+DROP FUNCTION IF EXISTS {TRUNCATE_FUNCTION}();
 """
 
 
@@ -230,7 +256,7 @@ def installed_bodies() -> dict[str, str]:
     """The trigger functions' bodies as installed in the database."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT proname, prosrc FROM pg_proc WHERE proname IN (%s, %s)", [INSERT_FUNCTION, DELETE_FUNCTION]
+            "SELECT proname, prosrc FROM pg_proc WHERE proname = ANY(%s)", [list(function_bodies())]
         )
         return dict(cursor.fetchall())
 
