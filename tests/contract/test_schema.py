@@ -129,11 +129,8 @@ def test_session_id_pattern_matches_what_the_serializer_accepts() -> None:
     # The pattern promises schemathesis (and clients) that a matching id is accepted.
     from server.apps.front.ingest.serializers import ABEventSerializer
 
-    pattern = re.compile(
-        yaml.safe_load(openapi.SCHEMA_FILE.read_text())["components"]["schemas"]["ABEvent"]["properties"][
-            "session_id"
-        ]["pattern"]
-    )
+    schemas = yaml.safe_load(openapi.SCHEMA_FILE.read_text())["components"]["schemas"]
+    pattern = re.compile(schemas["ABEvent"]["properties"]["session_id"]["pattern"])
     for value in ["s", " s ", "a b", "\u00a0x", " ", "\t\n", "", "a\x00b", "\u2003"]:
         accepted = ABEventSerializer(data={"session_id": value, "variant": "fast", "event_type": "variant_assigned"})
         assert bool(pattern.search(value)) == accepted.is_valid(), (value, accepted.errors)
@@ -176,3 +173,23 @@ def test_browsable_page_works_offline(client: Client) -> None:
     inline = "".join(page.scripts)
     assert "/api/schema/" in inline
     assert not re.search(r"https?://", inline)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_operations_endpoints_answer_405_to_other_methods(path: str) -> None:
+    # CsrfViewMiddleware used to answer an unsafe method with its 403 page before require_GET could.
+    response = Client(enforce_csrf_checks=True, REMOTE_ADDR="127.0.0.1").generic("QUERY", path)
+    assert response.status_code == 405
+    assert response["Allow"] == "GET"
+
+
+# Found by schemathesis's reasoning, not yet fixed (report/build.py is not this test's module):
+# parse_moment(end=True) adds a day to the last representable date, an OverflowError that
+# options_from_query does not turn into a ValueError, so the API answers 500 instead of 400
+# (and the admin page, which catches ValueError only, too). test_schemathesis.py skips this one
+# input until then; strict, so the fix shows here as an XPASS to remove both.
+@pytest.mark.xfail(strict=True, reason="report/build.py parse_moment: ?until=9999-12-31 overflows (500)")
+def test_report_until_the_last_representable_day_is_not_a_server_error(admin_client: Client) -> None:
+    admin_client.raise_request_exception = False
+    response = admin_client.get("/api/rest/front/ab-report/?until=9999-12-31")
+    assert response.status_code < 500
