@@ -41,6 +41,17 @@ def test_ab_queue_before_any_drain_says_never_and_empty():
         "oldest_age_seconds": None,
         "last_drain_at": None,
         "last_drain_age_seconds": None,
+        "configured_shards": 1,
+        "shards": [
+            {
+                "shard": 0,
+                "depth": 0,
+                "inflight": 0,
+                "inflight_batches": 0,
+                "dead_letters": 0,
+                "oldest_age_seconds": None,
+            }
+        ],
     }
     text = run("ab_queue")
     assert "queue empty" in text

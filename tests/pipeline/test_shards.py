@@ -11,10 +11,14 @@ shard's scripts run on the master of its slot.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from io import StringIO
+from pathlib import Path
 
 import pytest
 import redis
@@ -28,6 +32,8 @@ from tests.factories import queue_item as item
 from tests.ingest.conftest import BATCH_URL, event, post
 
 pytestmark = pytest.mark.django_db
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -306,3 +312,18 @@ def _call(*args: str) -> str:
 
 def _ab_queue(*args: str) -> str:
     return _call("ab_queue", *args)
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_the_queue_cluster_as_celery_broker_is_refused_at_start_up():
+    """kombu has no cluster transport: the broker must be named apart from a cluster queue."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AB_", "CELERY_"))}
+    env.update(DJANGO_SETTINGS_MODULE="server.settings", AB_QUEUE_REDIS_CLUSTER="true", REDIS_URL="redis://127.0.0.1:7000")
+    setup = [sys.executable, "-c", "import django; django.setup()"]
+    refused = subprocess.run(setup, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert refused.returncode != 0
+    assert "set CELERY_BROKER_URL to a plain Redis or RabbitMQ" in refused.stderr
+    env["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/0"
+    assert subprocess.run(setup, env=env, capture_output=True, text=True, timeout=60, cwd=REPO).returncode == 0

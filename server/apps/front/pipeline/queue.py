@@ -63,7 +63,7 @@ from django.conf import settings
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import ClusterDownError, NoScriptError, TryAgainError
 from redis.retry import Retry
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -371,7 +371,17 @@ _SCRIPTS = {
 
 
 def _run(name: str, keys: list[str], args: list[Any], client: QueueClient | None) -> Any:
-    return _SCRIPTS[name](keys=keys, args=args, client=client or get_redis())
+    """EVALSHA; on NOSCRIPT, EVAL of the source, which also caches it on that server.
+
+    Not redis-py's Script.__call__: on a cluster its SCRIPT LOAD goes to every
+    master, so one master down would fail every shard's script.
+    """
+    r = client or get_redis()
+    script = _SCRIPTS[name]
+    try:
+        return r.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return r.eval(script.script, len(keys), *keys, *args)
 
 
 # Re-register a process's shards this often: a registry lost with its Redis
@@ -400,12 +410,24 @@ def shard_ids(*, client: QueueClient | None = None) -> list[int]:
     """Every shard that may hold items: range(AB_QUEUE_SHARDS) and all shards ever registered."""
     r = client or get_redis()
     found = set(range(shard_count()))
-    for member in r.smembers(keys().shards):
+    registry = keys().shards
+    try:
+        members = r.smembers(registry)
+    except SHARD_DOWN:
+        # The registry's master (shard 0's) is down: the shards this process
+        # saw last time, so the other masters' shards are still drained.
+        members = _known_members.get((id(r), registry), set())
+    else:
+        _known_members[(id(r), registry)] = set(members)
+    for member in members:
         try:
             found.add(int(member))
         except ValueError:
             continue  # not ours; never let it stop a drain
     return sorted(found)
+
+
+_known_members: dict[tuple[int, str], set[Any]] = {}
 
 
 # --- payload -------------------------------------------------------------------
@@ -639,24 +661,41 @@ def _claim_shard(shard: int, count: int, lease_seconds: float, client: QueueClie
     return Claim(key=inflight, items=list(items), shard=shard)
 
 
+# A shard's server is unreachable or refuses service (a cluster master down):
+# the other shards carry on. Anything else (a bug, a refused script) raises.
+SHARD_DOWN = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError)
+
+
 class Claimer:
     """Claims from the shards in turn, starting at a random one (one per drain run).
 
     Round-robin keeps every shard's lag bounded whatever the others hold;
     the random start spreads concurrent drains over the shards. ``claim``
-    returns None only after a whole round found every shard empty.
+    returns None only after a whole round found every shard empty. A shard
+    whose server is down (SHARD_DOWN) is left out for the rest of the run,
+    so a dead cluster master stops only its own shards; when every shard
+    is down the error is raised.
     """
 
     def __init__(self, shards: Sequence[int], *, client: QueueClient | None = None, start: int | None = None):
         self.shards = list(shards) or [0]
         self.client = client
         self.position = random.randrange(len(self.shards)) if start is None else start % len(self.shards)
+        self.down: dict[int, Exception] = {}
 
     def claim(self, count: int, lease_seconds: float) -> Claim | None:
         n = len(self.shards)
         for step in range(n):
             shard = self.shards[(self.position + step) % n]
-            batch = _claim_shard(shard, count, lease_seconds, self.client)
+            if shard in self.down:
+                continue
+            try:
+                batch = _claim_shard(shard, count, lease_seconds, self.client)
+            except SHARD_DOWN as exc:
+                self.down[shard] = exc
+                if len(self.down) == n:
+                    raise
+                continue
             if batch is not None:
                 self.position = (self.position + step + 1) % n
                 return batch
@@ -697,13 +736,22 @@ def reap(max_attempts: int, *, limit: int = 100, client: QueueClient | None = No
     """Return batches of dead workers to their shard's queue, in every shard. Returns (requeued, dead_lettered)."""
     r = client or get_redis()
     requeued = dead = 0
-    for shard in shard_ids(client=r):
+    shards = shard_ids(client=r)
+    down = 0
+    for shard in shards:
         k = keys(shard)
-        for inflight in _run("expired", [k.leases], [limit], r):
-            name = inflight.decode() if isinstance(inflight, bytes) else inflight
-            back, gone = _run("requeue", [k.queue, k.leases, name, k.attempts, k.dead], [max_attempts], r)
-            requeued += int(back)
-            dead += int(gone)
+        try:
+            for inflight in _run("expired", [k.leases], [limit], r):
+                name = inflight.decode() if isinstance(inflight, bytes) else inflight
+                back, gone = _run("requeue", [k.queue, k.leases, name, k.attempts, k.dead], [max_attempts], r)
+                requeued += int(back)
+                dead += int(gone)
+        except SHARD_DOWN:
+            # Its master is down: its leases wait there (nothing is lost), the
+            # other shards are reaped; the next run tries again.
+            down += 1
+            if down == len(shards):
+                raise
     return requeued, dead
 
 
