@@ -27,6 +27,7 @@ Two kinds of failure are told apart:
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -42,7 +43,7 @@ from django.db.models.signals import post_init, pre_init
 
 from server.apps.front.models import ABEvent
 from server.apps.front.ops import metrics
-from server.apps.front.pipeline import queue
+from server.apps.front.pipeline import copyin, queue
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +98,23 @@ class BatchResult:
     dead: list[bytes] = field(default_factory=list)
     # Of ``dead``: events whose event_id is stored for a different event.
     conflicts: int = 0
+    # The event_ids this batch really inserted (not the redelivered ones), in
+    # insertion order, as canonical UUID text: what anything derived from new
+    # rows must count (in SQL: ``= ANY(%s::uuid[])``).
+    inserted: list[str] = field(default_factory=list)
 
 
-class _RowCount:
-    """An execute wrapper that adds up the rows the statements really wrote.
+@dataclass(slots=True)
+class _Row:
+    item: bytes
+    event_id: str  # canonical text (lower case, dashes): the key of this batch's bookkeeping
+    encoded: bytes  # the row in binary COPY format
+    values: dict[str, Any] | None = None  # column values, built when needed (conflict check)
 
-    ``ON CONFLICT DO NOTHING`` skips a row whose event_id is already stored
-    without a word; the cursor's rowcount is the only trace, and reading it
-    costs nothing.
-    """
-
-    def __init__(self) -> None:
-        self.rows = 0
-
-    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        outcome = execute(sql, params, many, context)
-        self.rows += max(context["cursor"].rowcount, 0)
-        return outcome
+    def fields(self) -> dict[str, Any]:
+        if self.values is None:
+            self.values = queue.event_fields(queue.decode_event(self.item))
+        return self.values
 
 
 # What makes a queued event the same event as a stored one (a redelivery:
@@ -134,30 +135,31 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _conflicts(rows: list[tuple[bytes, ABEvent]]) -> list[tuple[bytes, str]]:
-    """The rows an insert skipped because their event_id is stored for a *different* event.
+def _conflicts(rows: list[_Row]) -> list[tuple[bytes, str]]:
+    """Of rows the insert skipped (event_id already stored), those stored for a *different* event.
 
-    Only called when the insert wrote fewer rows than it was given, so a batch
-    of new events never pays for it.
+    Only called with skipped rows, so a batch of new events never pays for it.
     """
     stored = {
-        values[0]: values[1:]
-        for values in ABEvent.objects.filter(event_id__in=[row.event_id for _, row in rows])
+        str(values[0]): values[1:]
+        for values in ABEvent.objects.filter(event_id__in=[row.event_id for row in rows])
         .order_by()
         .values_list("event_id", *SAME_EVENT_FIELDS)
     }
     found = []
-    for item, row in rows:
+    for row in rows:
         existing = stored.get(row.event_id)
         if existing is None:
             continue  # deleted meanwhile (retention): nothing to clash with
         differing = [
-            name for name, old in zip(SAME_EVENT_FIELDS, existing, strict=True) if not _same(old, getattr(row, name))
+            name
+            for name, old in zip(SAME_EVENT_FIELDS, existing, strict=True)
+            if not _same(old, row.fields().get(name))
         ]
         if differing:
             found.append(
                 (
-                    item,
+                    row.item,
                     f"event_id conflict: {row.event_id} is already stored for another event "
                     f"(session_id {existing[0]!r}; differs in {', '.join(differing)}); this event was not stored",
                 )
@@ -165,39 +167,122 @@ def _conflicts(rows: list[tuple[bytes, ABEvent]]) -> list[tuple[bytes, str]]:
     return found
 
 
-def _insert(rows: list[tuple[bytes, ABEvent]], result: BatchResult) -> int:
-    """Insert rows under a savepoint; bisect on row errors. Returns rows stored.
+class _Copier:
+    """One batch's COPY + INSERT ... SELECT rounds inside its transaction.
 
-    Rows refused, and rows whose event_id belongs to another stored event,
-    go to ``result.dead``; a redelivered event counts as stored (it is).
+    Round trips are what a batch costs beyond the rows on a busy machine
+    (each one waits for the server process to be scheduled), so each round is
+    two: the COPY carries its prelude (the transaction's settings the first
+    time, then the savepoint and the emptying of the staging table) in the
+    same simple query, and the INSERT brings back its new ids. The savepoint
+    is plain SQL, not Django's atomic(), which would add two more (SAVEPOINT,
+    RELEASE); it is left to the COMMIT to release.
     """
-    written = _RowCount()
-    try:
-        with transaction.atomic(), connection.execute_wrapper(written):
-            ABEvent.objects.bulk_create([row for _, row in rows], ignore_conflicts=True)
-    except DatabaseError as exc:
-        if not isinstance(exc, DATA_ERRORS):
-            raise  # the database, not a row: the caller hands the batch back
-        error: Exception = exc
-    except NOT_THE_EVENT:
-        raise
-    except Exception as exc:
-        # Anything else was raised in this process while the driver adapted a
-        # row's values, before the statement reached the server (a nesting too
-        # deep for the JSON encoder, a value psycopg2 refuses): a row error.
-        error = exc
-    else:
-        if written.rows >= len(rows):
-            return len(rows)
-        clashes = _conflicts(rows)
+
+    def __init__(self, cursor: Any, result: BatchResult, prelude: str) -> None:
+        self.cursor = cursor
+        self.result = result
+        self.inserted: set[str] = set()
+        self.prelude = prelude
+        # The staging table holds rows of an earlier successful round (only
+        # while bisecting; COMMIT empties it otherwise).
+        self.staged = False
+
+    def copy_insert(self, rows: list[_Row]) -> None:
+        """COPY ``rows`` into the staging table under a savepoint and insert them; raises what the database raises."""
+        cursor = self.cursor
+        sql = f"{self.prelude}SAVEPOINT {_SAVEPOINT}; "
+        if self.staged:
+            sql += f"{copyin.EMPTY_STAGING}; "
+        self.prelude = ""
+        data = io.BytesIO(copyin.copy_data([row.encoded for row in rows]))
+        # copy_expert is the driver's own method: Django's cursor wrapper does
+        # not translate its errors, so do it here (DataError stays DataError).
+        with connection.wrap_database_errors:
+            cursor.cursor.copy_expert(sql + copyin.COPY_STAGING, data, size=_COPY_CHUNK)
+        cursor.execute(_INSERT_SQL)
+        self.staged = True
+        new = [event_id for (event_id,) in cursor.fetchall()]  # text: see _INSERT_SQL
+        self.inserted.update(new)
+        self.result.inserted.extend(new)
+
+    def insert(self, rows: list[_Row]) -> list[_Row]:
+        """Insert rows under a savepoint; bisect on row errors. Returns the rows not refused.
+
+        A COPY fails whole on one bad row, and so does the INSERT: each half
+        is tried again under its own savepoint until the bad rows stand
+        alone; each goes to ``result.dead`` with the database's message.
+        """
+        try:
+            self.copy_insert(rows)
+        except DatabaseError as exc:
+            if not isinstance(exc, DATA_ERRORS):
+                raise  # the database, not a row: the caller hands the batch back
+            error: Exception = exc
+        except NOT_THE_EVENT:
+            raise
+        except Exception as exc:
+            # Raised in this process while sending a row (rows are encoded
+            # before, so nothing is expected here): still the rows' error.
+            error = exc
+        else:
+            return rows
+        # Back to before this round (its COPY, its INSERT); raises, like any
+        # statement, if the database is gone meanwhile.
+        self.cursor.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; RELEASE SAVEPOINT {_SAVEPOINT}")
+        if len(rows) == 1:
+            self.result.dead.append(queue.dead_entry(rows[0].item, _reason(error)))
+            return []
+        middle = len(rows) // 2
+        return self.insert(rows[:middle]) + self.insert(rows[middle:])
+
+
+def _first_of_each_id(rows: list[_Row]) -> tuple[list[_Row], list[_Row]]:
+    """(the first row of each event_id, the later ones), keeping order."""
+    seen: set[str] = set()
+    first, later = [], []
+    for row in rows:
+        if row.event_id in seen:
+            later.append(row)
+        else:
+            seen.add(row.event_id)
+            first.append(row)
+    return first, later
+
+
+def _write(copier: _Copier, rows: list[_Row]) -> None:
+    """Write the batch's rows, dead-letter the refused and the conflicting ones, count the stored."""
+    result = copier.result
+    skipped: list[_Row] = []
+    stored = 0
+    pending = rows
+    while pending:
+        # A batch may hold one event_id twice: the first is written, the
+        # later ones are then checked against it like redeliveries. When the
+        # first was refused (a bad row), the next one gets its own try.
+        first, later = _first_of_each_id(pending)
+        written = copier.insert(first)
+        written_ids = {row.event_id for row in written}
+        again = [row for row in later if row.event_id in written_ids]
+        skipped.extend(row for row in written if row.event_id not in copier.inserted)
+        skipped.extend(again)
+        stored += len(written) + len(again)
+        pending = [row for row in later if row.event_id not in written_ids]
+    if skipped:
+        clashes = _conflicts(skipped)
         result.dead.extend(queue.dead_entry(item, reason) for item, reason in clashes)
         result.conflicts += len(clashes)
-        return len(rows) - len(clashes)
-    if len(rows) == 1:
-        result.dead.append(queue.dead_entry(rows[0][0], _reason(error)))
-        return 0
-    middle = len(rows) // 2
-    return _insert(rows[:middle], result) + _insert(rows[middle:], result)
+        stored -= len(clashes)
+    result.stored = stored
+
+
+# psycopg2 reads the COPY data in chunks of this size (its default, 8 KiB,
+# means a call per 8 KiB).
+_COPY_CHUNK = 1 << 20
+_SAVEPOINT = "ab_writer_round"
+# RETURNING the ids as text: compared with the batch's own keys, and cheaper
+# to fetch than UUID objects.
+_INSERT_SQL = copyin.insert_sql(ABEvent._meta.db_table).replace("RETURNING event_id", "RETURNING event_id::text")
 
 
 def _statement_timeout_ms() -> int:
@@ -212,14 +297,40 @@ def write_items(items: list[bytes]) -> BatchResult:
     is dead-lettered alone with that reason; it never fails the batch.
     """
     result = BatchResult(claimed=len(items))
-    rows: list[tuple[bytes, ABEvent]] = []
+    rows: list[_Row] = []
+    fast = copyin.FAST
     for item in items:
         try:
-            rows.append((item, event_from_payload(queue.decode_event(item))))
+            payload = queue.decode_event(item)
         except NOT_THE_EVENT:
             raise
         except Exception as exc:
             result.dead.append(queue.dead_entry(item, f"undecodable: {_reason(exc)}"))
+            continue
+        if fast:
+            try:
+                rows.append(_Row(item, *copyin.encode_item(payload)))
+                continue
+            except NOT_THE_EVENT:
+                raise
+            except Exception:
+                pass  # not the usual item: the generic path accepts it or says why not
+        try:
+            values = queue.event_fields(payload)
+        except NOT_THE_EVENT:
+            raise
+        except Exception as exc:
+            result.dead.append(queue.dead_entry(item, f"undecodable: {_reason(exc)}"))
+            continue
+        try:
+            rows.append(_Row(item, str(values["event_id"]), copyin.encode_row(values), values))
+        except NOT_THE_EVENT:
+            raise
+        except Exception as exc:
+            # Decoded, but a value cannot be sent (a nesting too deep for the
+            # JSON encoder, an integer past bigint): a row error, as if the
+            # database had refused it.
+            result.dead.append(queue.dead_entry(item, _reason(exc)))
     if rows:
         with transaction.atomic():
             with connection.cursor() as cursor:
@@ -228,12 +339,20 @@ def write_items(items: list[bytes]) -> BatchResult:
                 # statement_timeout: a statement stuck behind a lock or on a
                 # hung server raises (QueryCanceled, an OperationalError), so
                 # the batch is handed back like in an outage and the worker
-                # moves on; LOCAL ends with this transaction. One round trip.
-                cursor.execute(
-                    "SET CONSTRAINTS ALL IMMEDIATE; SET LOCAL statement_timeout = %s",
-                    [_statement_timeout_ms()],
+                # moves on; LOCAL ends with this transaction. Sent with the
+                # first COPY (before its savepoint, which would undo them), with
+                # the staging table's (cheap) IF NOT EXISTS, and a DELETE that
+                # finds it empty unless this transaction is nested in an outer
+                # one (a test's, a caller's): COMMIT never emptied it.
+                prelude = (
+                    f"SET CONSTRAINTS ALL IMMEDIATE; SET LOCAL statement_timeout = {_statement_timeout_ms():d}; "
+                    f"{copyin.CREATE_STAGING}; {copyin.EMPTY_STAGING}; "
                 )
-            result.stored = _insert(rows, result)
+                _write(_Copier(cursor, result, prelude), rows)
+                # Whatever is derived from the new rows belongs in this
+                # transaction: the session rollup's statement-level triggers
+                # see exactly the rows the INSERT stored (report/rollup.py);
+                # result.inserted lists their ids.
     return result
 
 

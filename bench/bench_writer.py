@@ -1,0 +1,231 @@
+"""The writer: the same rows through raw ``bulk_create``, raw ``COPY`` and the full drain, same run.
+
+    .venv/bin/python bench/bench_writer.py [--events 30000] [--rounds 5] [--batch-size N] [--variants]
+
+Each round empties ``ab_events`` before each side and runs, in an order that
+rotates from round to round (so no side always follows another):
+
+* ``bulk_create``: rows already built, ``ABEvent.objects.bulk_create(...,
+  ignore_conflicts=True)`` per batch, one transaction per batch (what the
+  writer did before COPY);
+* ``copy``: rows already encoded (binary), ``COPY ab_events (...) FROM STDIN``
+  per batch straight into the table, one transaction per batch: no staging,
+  no conflict handling, nothing decoded; the ceiling of any COPY writer;
+* ``drain``: the events queued in Redis (untimed), then ``writer.drain()``,
+  what the worker runs: claim, decode, encode, COPY into the staging table,
+  ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``, ack.
+
+``--variants`` adds ``copy-text`` (raw COPY in text format, for the
+binary-or-text choice) and ``drain-drop`` (the drain with an ``ON COMMIT DROP``
+staging table created per batch instead of one per connection).
+
+A short warm-up round is not counted. Medians per side and the ratios of the
+drain to the raw sides (median of the per-round ratios) are printed with the
+load average; the machine is shared, so the ratios are the figures to quote.
+
+Runs on its own database (``abflow_bench_writer``) and its own Redis key
+prefix, deleting only its own keys, so it can run beside the other benches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import emit, ensure_database, event_body, median, setup_django
+
+KEY_PREFIX = "abbench-writer"
+
+
+def _own_database() -> None:
+    if "BENCH_DATABASE_URL" not in os.environ:
+        from server.defaults import DEFAULT_DATABASE_URL
+
+        parts = urlsplit(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
+        os.environ["BENCH_DATABASE_URL"] = urlunsplit(parts._replace(path="/abflow_bench_writer"))
+
+
+def reset() -> None:
+    from django.db import connection
+
+    from server.apps.front.pipeline import queue
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE ab_events")
+    client = queue.get_redis()
+    keys = list(client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000))
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start : start + 1000])
+
+
+def build_items(n: int) -> list[bytes]:
+    from server.apps.front.pipeline import queue
+
+    received_at = datetime.now(UTC)
+    items = []
+    for i in range(n):
+        data = event_body(i)
+        data["event_id"] = uuid.uuid4()
+        items.append(queue.encode_event(data, user_id=None, received_at=received_at, event_time=received_at))
+    return items
+
+
+def _batches(rows: list, size: int) -> list[list]:
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
+
+
+def time_bulk_create(items: list[bytes], batch_size: int) -> float:
+    from django.db import transaction
+
+    from server.apps.front.models import ABEvent
+    from server.apps.front.pipeline import queue, writer
+
+    rows = [writer.event_from_payload(queue.decode_event(item)) for item in items]
+    started = time.perf_counter()
+    for batch in _batches(rows, batch_size):
+        with transaction.atomic():
+            ABEvent.objects.bulk_create(batch, ignore_conflicts=True)
+    return time.perf_counter() - started
+
+
+def _text_row(values: dict) -> bytes:
+    """One row of text-format COPY (the same columns as the binary encoder)."""
+    import orjson
+
+    from server.apps.front.pipeline import copyin
+
+    def text(value: object) -> str:
+        if value is None:
+            return "\\N"
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, dict | list):
+            value = orjson.dumps(value).decode()
+        else:
+            value = str(value)
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+    return ("\t".join(text(values.get(c.attname)) for c in copyin.COLUMNS) + "\n").encode()
+
+
+def time_copy(items: list[bytes], batch_size: int, *, binary: bool = True) -> float:
+    from django.db import connection, transaction
+
+    from server.apps.front.pipeline import copyin, queue
+
+    values = [queue.event_fields(queue.decode_event(item)) for item in items]
+    columns = ", ".join(c.column for c in copyin.COLUMNS)
+    if binary:
+        rows = [copyin.encode_row(v) for v in values]
+        sql = f"COPY ab_events ({columns}) FROM STDIN WITH (FORMAT binary)"
+    else:
+        rows = [_text_row(v) for v in values]
+        sql = f"COPY ab_events ({columns}) FROM STDIN"
+    started = time.perf_counter()
+    for batch in _batches(rows, batch_size):
+        data = copyin.copy_data(batch) if binary else b"".join(batch)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.cursor.copy_expert(sql, io.BytesIO(data), size=1 << 20)
+    return time.perf_counter() - started
+
+
+def _push(items: list[bytes]) -> None:
+    from server.apps.front.pipeline import queue
+
+    for start in range(0, len(items), 10_000):
+        queue.push(items[start : start + 10_000])
+
+
+def time_drain(items: list[bytes], batch_size: int, *, staging: str | None = None) -> float:
+    from django.db import connection
+
+    from server.apps.front.pipeline import copyin, writer
+
+    _push(items)
+    # A fresh connection for each drain: the per-connection staging table of
+    # one variant must not be found by the other (and both pay one connect).
+    connection.close()
+    saved = copyin.CREATE_STAGING
+    if staging == "drop":
+        copyin.CREATE_STAGING = saved.replace(" IF NOT EXISTS", "").replace("ON COMMIT DELETE ROWS", "ON COMMIT DROP")
+    try:
+        started = time.perf_counter()
+        result = writer.drain(batch_size=batch_size, budget=3600)
+        seconds = time.perf_counter() - started
+    finally:
+        copyin.CREATE_STAGING = saved
+    if result.stored != len(items) or result.error:
+        raise SystemExit(f"drain stored {result.stored} of {len(items)}: {result.error}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: AB_BATCH_SIZE")
+    parser.add_argument("--variants", action="store_true", help="also copy-text and drain-drop")
+    args = parser.parse_args()
+
+    _own_database()
+    ensure_database()
+    setup_django(AB_QUEUE_KEY_PREFIX=KEY_PREFIX)
+    from django.conf import settings
+
+    batch_size = args.batch_size or settings.AB_BATCH_SIZE
+    sides: dict[str, Callable[[list[bytes]], float]] = {
+        "bulk_create": lambda items: time_bulk_create(items, batch_size),
+        "copy": lambda items: time_copy(items, batch_size),
+        "drain": lambda items: time_drain(items, batch_size),
+    }
+    if args.variants:
+        sides["copy-text"] = lambda items: time_copy(items, batch_size, binary=False)
+        sides["drain-drop"] = lambda items: time_drain(items, batch_size, staging="drop")
+    names = list(sides)
+
+    warm = build_items(min(args.events, 5000))
+    for name in names:
+        reset()
+        sides[name](warm)
+    items = build_items(args.events)
+    print(f"{args.events} events, batch size {batch_size}, load average {os.getloadavg()}")
+    print("round  " + " ".join(f"{name:>12}" for name in names) + "   (events/s)")
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for round_no in range(args.rounds):
+        order = names[round_no % len(names) :] + names[: round_no % len(names)]
+        for name in order:
+            reset()
+            rates[name].append(args.events / sides[name](items))
+        print(f"#{round_no + 1:<5} " + " ".join(f"{rates[name][-1]:>12.0f}" for name in names), flush=True)
+    reset()
+
+    def ratio(a: str, b: str) -> float:
+        return median([x / y for x, y in zip(rates[a], rates[b], strict=True)])
+
+    print("median " + " ".join(f"{median(rates[name]):>12.0f}" for name in names))
+    figures = {f"{name}_events_per_s": median(rates[name]) for name in names}
+    figures["drain_vs_bulk_create"] = ratio("drain", "bulk_create")
+    figures["drain_vs_copy"] = ratio("drain", "copy")
+    figures["copy_vs_bulk_create"] = ratio("copy", "bulk_create")
+    if args.variants:
+        figures["copy_text_vs_binary"] = ratio("copy-text", "copy")
+        figures["drain_drop_vs_reuse"] = ratio("drain-drop", "drain")
+    for key, value in figures.items():
+        if not key.endswith("_per_s"):
+            print(f"{key:<22} {value:.2f}")
+    print(f"load average {os.getloadavg()}")
+    emit(figures)
+
+
+if __name__ == "__main__":
+    main()
