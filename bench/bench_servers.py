@@ -77,7 +77,7 @@ def _gunicorn(worker_class: str, workers: int, threads: int = 1, **env: str) -> 
     name = {"sync": "gunicorn-sync", "gthread": "gunicorn-gthread", "gevent": "gunicorn-gevent"}[worker_class]
     return Candidate(
         name if worker_class != "gthread" else f"{name}-{workers}x{threads}",
-        lambda port: [PYTHON, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "server.wsgi"],
+        lambda port: [PYTHON, "-m", "gunicorn", "-c", "bench/gunicorn.conf.py", "server.wsgi"],
         {
             "GUNICORN_WORKER_CLASS": worker_class,
             "WEB_CONCURRENCY": str(workers),
@@ -124,9 +124,19 @@ def _waitress(threads: int) -> Candidate:
     )
 
 
+def _shipped(threads: int | None = None) -> Candidate:
+    """What `make run`, compose and systemd start (deploy/web.py), with its defaults or other WEB_THREADS."""
+    return Candidate(
+        "shipped" if threads is None else f"shipped-t{threads}",
+        lambda port: [PYTHON, "deploy/web.py"],
+        {} if threads is None else {"WEB_THREADS": str(threads)},
+        needs="granian",
+    )
+
+
 BASELINE = Candidate(
     "mvp-baseline",
-    lambda port: [PYTHON, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "server.wsgi"],
+    lambda port: [PYTHON, "-m", "gunicorn", "-c", "bench/gunicorn.conf.py", "server.wsgi"],
     {
         "DJANGO_SETTINGS_MODULE": "bench.baseline.settings",
         "GUNICORN_WORKER_CLASS": "sync",
@@ -147,6 +157,9 @@ CANDIDATES: dict[str, Candidate] = {
         _granian(2, 4),
         _uwsgi(2, 4),
         _waitress(8),
+        _shipped(),
+        _shipped(1),
+        _shipped(2),
     )
 }
 DEFAULT = [
@@ -157,6 +170,7 @@ DEFAULT = [
     "granian-2x4",
     "uwsgi-2x4",
     "waitress-8",
+    "shipped",
 ]
 
 
@@ -167,7 +181,7 @@ def loadavg() -> str:
 def start(procs: Processes, candidate: Candidate) -> str:
     """Start ``candidate`` on a free port; host:port once it answers HTTP (any status: the MVP has no /healthz)."""
     port = free_port()
-    env = {"PORT": str(port), "GUNICORN_BIND": f"127.0.0.1:{port}", **candidate.env}
+    env = {"PORT": str(port), "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_BIND": f"127.0.0.1:{port}", **candidate.env}
     proc: Proc = procs.spawn(candidate.name, candidate.argv(port), **env)
 
     def healthy() -> bool:

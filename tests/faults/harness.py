@@ -1,8 +1,8 @@
 """The fault-suite harness: a whole abflow stack in a temp dir, load, and counting.
 
 One ``Stack`` is a private PostgreSQL and Redis (``server.embedded``, on free
-ports, so a scenario may stop or SIGKILL them), a gunicorn serving the real
-endpoint with ``deploy/gunicorn.conf.py``, and real Celery worker / beat /
+ports, so a scenario may stop or SIGKILL them), the shipped web server
+(``deploy/web.py``: granian) serving the real endpoint, and real Celery worker / beat /
 ``manage.py ab_flush`` *processes* talking to them through the ordinary
 ``DATABASE_URL`` / ``REDIS_URL`` environment. Nothing here is mocked: a
 scenario's verdict comes from counting rows in PostgreSQL by key.
@@ -116,7 +116,7 @@ class Proc:
         self.popen.wait(timeout=10)
 
     def terminate(self) -> None:
-        """Kill the whole session (gunicorn's workers, celery's children) and reap."""
+        """Kill the whole session (the web server's workers, celery's children) and reap."""
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -170,6 +170,11 @@ def spawn_logged(name: str, argv: list[str], log: Path, env: dict[str, str]) -> 
     return Proc(name, popen, log)
 
 
+def web_server_argv() -> list[str]:
+    """The Procfile's web server: granian with the settings of ``deploy/web.py`` (from WEB_* variables)."""
+    return [PYTHON, str(REPO_ROOT / "deploy" / "web.py")]
+
+
 def celery_worker_argv(node: str) -> list[str]:
     """The Procfile's worker: one solo-pool process, so the drain runs in this very pid."""
     return [
@@ -191,7 +196,7 @@ def celery_worker_argv(node: str) -> list[str]:
 
 
 class Stack:
-    """PostgreSQL + Redis + gunicorn + workers of one scenario, all in ``root``."""
+    """PostgreSQL + Redis + web server + workers of one scenario, all in ``root``."""
 
     def __init__(
         self,
@@ -217,7 +222,7 @@ class Stack:
     # -- environment and processes --
 
     def env(self, **overrides: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AB_", "PG", "GUNICORN_", "CELERY_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AB_", "PG", "GUNICORN_", "WEB_", "CELERY_"))}
         env.update(BASE_ENV)
         env.update(DATABASE_URL=self.pg.url, REDIS_URL=self.redis.url)
         env.update(self.extra_env)
@@ -231,20 +236,19 @@ class Stack:
         return proc
 
     def start_web(self, workers: int = 2) -> str:
-        """gunicorn with the deploy config, on a free port; returns its base URL."""
+        """The shipped web server (``deploy/web.py``) on a free port; returns its base URL."""
         self.web_port = free_port()
         proc = self.spawn(
             "web",
-            [PYTHON, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "server.wsgi"],
-            PORT=str(self.web_port),
-            GUNICORN_BIND=f"127.0.0.1:{self.web_port}",
+            web_server_argv(),
+            WEB_BIND=f"127.0.0.1:{self.web_port}",
             WEB_CONCURRENCY=str(workers),
             LOG_LEVEL="WARNING",
         )
 
         def answers() -> bool:
             if not proc.alive():
-                raise RuntimeError(f"gunicorn exited:\n{proc.output()}")
+                raise RuntimeError(f"web server exited:\n{proc.output()}")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=2)
                 conn.request("GET", "/api/rest/front/ab-event/")
@@ -253,7 +257,7 @@ class Stack:
             except OSError:
                 return False
 
-        wait_for(answers, 30, "gunicorn to answer")
+        wait_for(answers, 30, "the web server to answer")
         return f"http://127.0.0.1:{self.web_port}"
 
     def start_worker(self, name: str = "worker", **env: str) -> Proc:
