@@ -349,11 +349,23 @@ def as_batch(event_json: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("url", ENDPOINTS)
-@pytest.mark.parametrize("charset", ["rot13", "base64", "hex", "zlib", "bz2", "uu", "quopri", "no-such-charset"])
+@pytest.mark.parametrize(
+    "charset", ["rot13", "base64", "hex", "zlib", "bz2", "uu", "quopri", "no-such-charset", "undefined", "punycode"]
+)
 @pytest.mark.parametrize("body", [b"{", VALID_EVENT], ids=["broken", "valid"])
 def test_a_charset_that_is_not_a_text_encoding_gets_415(client, debug, url, charset, body):
     response = send(client, url, body, content_type=f"application/json; charset={charset}")
     assert_envelope(response, 415, "content_type")
+    assert queue.stats().depth == 0
+
+
+@pytest.mark.parametrize("charset", ["rot13", "base64", "undefined", "punycode"])
+def test_a_useless_charset_with_a_query_string_is_no_500_before_any_middleware(client, debug, charset):
+    # Django decodes the query string with the request's charset while it builds the request.
+    content_type = f"application/json; charset={charset}"
+    for url in ENDPOINTS:
+        assert_envelope(send(client, f"{url}?x=1&y=%ff", VALID_EVENT, content_type=content_type), 415, "content_type")
+    assert client.get("/healthz?x=1", content_type=content_type).status_code == 200
     assert queue.stats().depth == 0
 
 
