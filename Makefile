@@ -10,8 +10,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 ARGS   ?=
+# `make run` settings, e.g. `cp deploy/.env.example .env` (see run below).
+ENV_FILE ?= .env
+PROCFILE ?= Procfile
+MANAGE   ?= $(BIN)/python manage.py
 
-.PHONY: run test venv services migrate down lint bench clean-data
+.PHONY: run run-with-env test venv services migrate down lint bench clean-data
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,16 +35,24 @@ services: venv
 	fi
 
 migrate: services
-	$(BIN)/python manage.py migrate --noinput
+	$(MANAGE) migrate --noinput
 
-# Web (gunicorn on 127.0.0.1:$(PORT)) + Celery worker + beat in the foreground; Ctrl-C stops them all.
-# Prometheus multiprocess files of web + worker + beat: one directory, emptied at start.
+# Web (granian, deploy/web.py, on 127.0.0.1:$(PORT)) + Celery worker + beat in the foreground;
+# Ctrl-C stops them all. Prometheus multiprocess files of web + worker + beat: one directory,
+# emptied at start.
 METRICS_DIR := $(CURDIR)/.data/prometheus
 
-run: migrate
-	$(BIN)/python manage.py collectstatic --noinput -v 0
+# One source of settings: $(ENV_FILE), when it exists, is read once (honcho's parser) into the
+# environment of everything below - the embedded-server check, migrate, collectstatic and every
+# Procfile process - and its values win over the shell's (as `honcho start` always did for the
+# Procfile). `make test` does not read it.
+run: venv
+	@$(BIN)/honcho run -e $(ENV_FILE) $(MAKE) --no-print-directory run-with-env
+
+run-with-env: migrate
+	$(MANAGE) collectstatic --noinput -v 0
 	@rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
-	PORT=$(PORT) PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(BIN)/honcho start -f Procfile -p $(PORT)
+	PORT=$(PORT) PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(BIN)/honcho start -e $(ENV_FILE) -f $(PROCFILE) -p $(PORT)
 
 test: services
 	$(BIN)/python -m pytest $(ARGS)

@@ -1,6 +1,6 @@
 """Batch ingest vs single-event ingest, in events/s, measured in one run.
 
-Starts gunicorn (deploy/gunicorn.conf.py, sync workers) on a free loopback
+Starts the shipped web server (deploy/web.py) on a free loopback
 port against the local services (DATABASE_URL / REDIS_URL from the
 environment, else the embedded ones from devtools/embedded.py), with its own
 queue key prefix so nothing else drains or sees its events. Then, for each
@@ -114,20 +114,20 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"gunicorn exited with {proc.returncode}")
+            raise SystemExit(f"the web server exited with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise SystemExit("gunicorn did not start listening")
+    raise SystemExit("the web server did not start listening")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
+    parser.add_argument("--workers", type=int, default=2, help="web server processes")
     parser.add_argument("--single-requests", type=int, default=2000)
     parser.add_argument("--batch-events", type=int, default=20000, help="events per batch mode per round")
     args = parser.parse_args()
@@ -141,7 +141,7 @@ def main() -> int:
     port = free_port()
     env.update(
         {
-            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            "WEB_BIND": f"127.0.0.1:{port}",
             "WEB_CONCURRENCY": str(args.workers),
             "AB_QUEUE_KEY_PREFIX": prefix,
             "AB_QUEUE_MAX": "100000000",
@@ -164,8 +164,8 @@ def main() -> int:
         Mode("batch of 500", 500, args.batch_events // 500),
         Mode("batch of 500, gzip", 500, args.batch_events // 500, gzip=True),
     ]
-    gunicorn = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "server.wsgi"],
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "deploy" / "web.py")],
         cwd=ROOT,
         env=env,
     )
@@ -176,7 +176,7 @@ def main() -> int:
         redis_client.delete(queue.keys().queue)
 
     try:
-        wait_listening(port, gunicorn)
+        wait_listening(port, server)
         run_mode(port, Mode("warm-up", 1, 50), args.clients)
         run_mode(port, Mode("warm-up", 50, 10), args.clients)
         empty_queue()
@@ -190,15 +190,15 @@ def main() -> int:
                 results[mode.name].append(rate)
                 empty_queue()
     finally:
-        gunicorn.terminate()
-        gunicorn.wait(timeout=30)
+        server.terminate()
+        server.wait(timeout=30)
         names = list(redis_client.scan_iter(match=f"{prefix}:*"))
         if names:
             redis_client.delete(*names)
 
     single = statistics.median(results[modes[0].name])
     print(
-        f"ingest throughput, gunicorn {args.workers} sync workers, {args.clients} client threads, "
+        f"ingest throughput, shipped web server with {args.workers} processes, {args.clients} client threads, "
         f"median of {args.rounds} rounds (same run, same machine: {os.cpu_count()} cores shared with the client)"
     )
     print(f"{'mode':<26}{'events/s':>12}{'vs single':>12}   rounds")

@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from devtools.embedded import free_port  # noqa: E402
-from devtools.processes import Proc, celery_worker_argv, spawn_logged, wait_for  # noqa: E402
+from devtools.processes import Proc, celery_worker_argv, spawn_logged, wait_for, web_server_argv  # noqa: E402
 from server.defaults import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL  # noqa: E402
 
 PYTHON = sys.executable
@@ -158,28 +158,23 @@ class Processes:
         return proc
 
     def web(self, name: str = "web", **env: str) -> str:
-        """gunicorn with deploy/gunicorn.conf.py on a free port; returns host:port."""
+        """The shipped web server (deploy/web.py) on a free port; returns host:port."""
+        port = free_port()
+        proc = self.spawn(name, web_server_argv(), WEB_BIND=f"127.0.0.1:{port}", **env)
+        return _wait_listening(proc, port)
+
+    def mvp(self, name: str = "web-baseline") -> str:
+        """The spec's synchronous MVP as issue 11 defines it: bench/baseline under gunicorn, 4 sync workers."""
         port = free_port()
         proc = self.spawn(
             name,
-            [PYTHON, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "server.wsgi"],
-            PORT=str(port),
+            [PYTHON, "-m", "gunicorn", "-c", "bench/gunicorn.conf.py", "server.wsgi"],
+            DJANGO_SETTINGS_MODULE="bench.baseline.settings",
             GUNICORN_BIND=f"127.0.0.1:{port}",
-            **env,
+            GUNICORN_WORKER_CLASS="sync",
+            WEB_CONCURRENCY="4",
         )
-
-        def up() -> bool:
-            if not proc.alive():
-                raise RuntimeError(f"gunicorn {name} exited:\n{proc.output()}")
-            import socket
-
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-            return False
-
-        wait_for(up, 30, f"gunicorn {name}")
-        time.sleep(0.5)  # all workers booted
-        return f"127.0.0.1:{port}"
+        return _wait_listening(proc, port)
 
     def worker(self, name: str = "worker", **env: str) -> Proc:
         """The Procfile's worker (one solo-pool process)."""
@@ -193,6 +188,21 @@ class Processes:
             [PYTHON, "-m", "celery", "-A", "celery_app", "beat", "-l", "info", "-s", str(self.dir / "beat-schedule")],
             **env,
         )
+
+
+def _wait_listening(proc: Proc, port: int) -> str:
+    def up() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited:\n{proc.output()[-3000:]}")
+        import socket
+
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+        return False
+
+    wait_for(up, 60, proc.name)
+    time.sleep(0.5)  # all workers booted
+    return f"127.0.0.1:{port}"
 
 
 def _dead(proc: Proc) -> bool:

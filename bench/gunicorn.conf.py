@@ -1,7 +1,10 @@
-"""Gunicorn settings for the abflow web process (``gunicorn -c deploy/gunicorn.conf.py server.wsgi``).
+"""Gunicorn settings of the benchmarks (``gunicorn -c bench/gunicorn.conf.py server.wsgi``).
 
-Every value can be overridden from the environment, so the same file serves
-`make run`, docker compose and systemd.
+abflow ships granian (``deploy/web.py``; why: docs/performance.md). This file
+serves what is measured beside it: the spec's synchronous MVP (4 sync workers,
+issue 11's definition) and the gunicorn candidates of bench/bench_servers.py
+(sync, gthread, gevent), each set from the environment below. It was the
+shipped configuration until granian replaced it.
 """
 
 import multiprocessing

@@ -58,6 +58,7 @@ def main() -> None:
     f |= run("bench_drain.py", "--events", "20000" if quick else "200000", "--runs", "1" if quick else "3")
     f |= run("bench_lag.py", "--seconds", "5" if quick else "30")
     f |= run("bench_backlog.py", "--events", "50000" if quick else "1000000")
+    f |= run("bench_slow_clients.py", "--servers", "shipped", "--seconds", "3" if quick else "10")
 
     def fig(key: str, fmt: str) -> str:
         return format(f[key], fmt) if key in f else "n/a"
@@ -76,17 +77,28 @@ def main() -> None:
             verdict(f["ingest_ratio"] >= 2.0 if check("ingest_ratio") else None),
         ),
         (
-            "single-event ingest p50 / p99",
-            f"{fig('ingest_p50_ms', '.1f')} / {fig('ingest_p99_ms', '.1f')} ms"
+            "single-event ingest p50 / p99 (worst run)",
+            f"{fig('ingest_p50_ms', '.1f')} / {fig('ingest_p99_ms', '.1f')} ({fig('ingest_worst_p99_ms', '.1f')}) ms"
             f" (baseline {fig('baseline_p50_ms', '.1f')} / {fig('baseline_p99_ms', '.1f')})",
-            "p99 <= 50 ms",
-            verdict(f["ingest_p99_ms"] <= 50 if check("ingest_p99_ms") else None),
+            "p99 <= 50 ms, every run",
+            verdict(f["ingest_worst_p99_ms"] <= 50 if check("ingest_worst_p99_ms") else None),
         ),
         (
-            "batch ingest events/s",
+            "batch ingest events/s (100 per request)",
             fig("batch_events_per_s", ".0f"),
-            ">= 25,000",
-            verdict(f["batch_events_per_s"] >= 25_000 if check("batch_events_per_s") else None),
+            ">= 40,000",
+            verdict(f["batch_events_per_s"] >= 40_000 if check("batch_events_per_s") else None),
+        ),
+        (
+            "single events with 64 slow connections",
+            f"p99 {fig('slow_worst_p99_ms', '.1f')} ms (worst of slowloris / slow body / idle),"
+            f" {fig('slow_failures', '.0f')} failed",
+            "p99 <= 100 ms",
+            verdict(
+                f["slow_worst_p99_ms"] <= 100 and f["slow_failures"] == 0
+                if check("slow_worst_p99_ms", "slow_failures")
+                else None
+            ),
         ),
         (
             "drain events/s (200k backlog)",

@@ -74,7 +74,7 @@ class Proc:
         self.popen.wait(timeout=10)
 
     def terminate(self) -> None:
-        """Kill the whole session (gunicorn's workers, celery's children) and reap."""
+        """Kill the whole session (the web server's workers, celery's children) and reap."""
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -97,6 +97,11 @@ def spawn_logged(name: str, argv: list[str], log: Path, env: dict[str, str]) -> 
             start_new_session=True,
         )
     return Proc(name, popen, log)
+
+
+def web_server_argv() -> list[str]:
+    """The Procfile's web server: granian with the settings of ``deploy/web.py`` (from WEB_* variables)."""
+    return [PYTHON, str(REPO_ROOT / "deploy" / "web.py")]
 
 
 def celery_worker_argv(node: str) -> list[str]:

@@ -1,6 +1,6 @@
 """The app's settings with the baseline URLconf: same middleware, same database, same gunicorn config.
 
-Serve with ``DJANGO_SETTINGS_MODULE=bench.baseline.settings gunicorn -c deploy/gunicorn.conf.py server.wsgi``.
+Serve with ``DJANGO_SETTINGS_MODULE=bench.baseline.settings gunicorn -c bench/gunicorn.conf.py server.wsgi``.
 """
 
 from server.settings import *  # noqa: F403

@@ -204,13 +204,17 @@ def test_at_pagehide_keepalive_fetches_stay_within_the_budget_and_saved_events_g
     page.evaluate("() => { ab.opts.maxBatchEvents = 1000; }")  # nothing leaves while tracking
     ids = page.evaluate(PADDED, 300)
     # pagehide without leaving (as into the back/forward cache): the page lives on and sees every answer.
-    page.evaluate("() => window.dispatchEvent(new PageTransitionEvent('pagehide'))")
+    # Read in the same task as the event, before any answer can come in.
     in_flight = page.evaluate(
-        "() => ({bytes: ab.keepaliveBytes, requests: ab.requests.length, queued: ab.queue.length})"
+        f"""() => {{
+          window.dispatchEvent(new PageTransitionEvent('pagehide'));
+          return {{bytes: ab.keepaliveBytes, requests: ab.requests.length, queued: ab.queue.length,
+                   saved: ({SAVED})()}};
+        }}"""
     )
     assert 0 < in_flight["bytes"] <= 65536
     assert in_flight["requests"] >= 1 and in_flight["queued"] > 0
-    assert page.evaluate(SAVED) == [300]  # unanswered ones included
+    assert in_flight["saved"] == [300]  # unanswered ones included
 
     page.wait_for_function("ab.requests.length === 0")
     assert page.evaluate("() => window.errors.map(e => e[0])") == []  # no keepalive fetch was refused

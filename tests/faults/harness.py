@@ -1,8 +1,8 @@
 """The fault-suite harness: a whole abflow stack in a temp dir, load, and counting.
 
 One ``Stack`` is a private PostgreSQL and Redis (``devtools.embedded``, on free
-ports, so a scenario may stop or SIGKILL them), a gunicorn serving the real
-endpoint with ``deploy/gunicorn.conf.py``, and real Celery worker / beat /
+ports, so a scenario may stop or SIGKILL them), the shipped web server
+(``deploy/web.py``: granian) serving the real endpoint, and real Celery worker / beat /
 ``manage.py ab_flush`` *processes* talking to them through the ordinary
 ``DATABASE_URL`` / ``REDIS_URL`` environment. Nothing here is mocked: a
 scenario's verdict comes from counting rows in PostgreSQL by key.
@@ -42,7 +42,7 @@ import psycopg2
 import redis
 
 from devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from devtools.processes import PYTHON, REPO_ROOT, Proc, celery_worker_argv, spawn_logged, wait_for
+from devtools.processes import PYTHON, REPO_ROOT, Proc, celery_worker_argv, spawn_logged, wait_for, web_server_argv
 
 QUEUE_PREFIX = "ab"  # the settings default, used by every process of a stack
 
@@ -90,7 +90,7 @@ def build_pg_template(root: Path) -> Path:
 
 
 class Stack:
-    """PostgreSQL + Redis + gunicorn + workers of one scenario, all in ``root``."""
+    """PostgreSQL + Redis + web server + workers of one scenario, all in ``root``."""
 
     def __init__(
         self,
@@ -116,7 +116,7 @@ class Stack:
     # -- environment and processes --
 
     def env(self, **overrides: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AB_", "PG", "GUNICORN_", "CELERY_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AB_", "PG", "GUNICORN_", "WEB_", "CELERY_"))}
         env.update(BASE_ENV)
         env.update(DATABASE_URL=self.pg.url, REDIS_URL=self.redis.url)
         env.update(self.extra_env)
@@ -130,20 +130,19 @@ class Stack:
         return proc
 
     def start_web(self, workers: int = 2) -> str:
-        """gunicorn with the deploy config, on a free port; returns its base URL."""
+        """The shipped web server (``deploy/web.py``) on a free port; returns its base URL."""
         self.web_port = free_port()
         proc = self.spawn(
             "web",
-            [PYTHON, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "server.wsgi"],
-            PORT=str(self.web_port),
-            GUNICORN_BIND=f"127.0.0.1:{self.web_port}",
+            web_server_argv(),
+            WEB_BIND=f"127.0.0.1:{self.web_port}",
             WEB_CONCURRENCY=str(workers),
             LOG_LEVEL="WARNING",
         )
 
         def answers() -> bool:
             if not proc.alive():
-                raise RuntimeError(f"gunicorn exited:\n{proc.output()}")
+                raise RuntimeError(f"web server exited:\n{proc.output()}")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=2)
                 conn.request("GET", "/api/rest/front/ab-event/")
@@ -152,7 +151,7 @@ class Stack:
             except OSError:
                 return False
 
-        wait_for(answers, 30, "gunicorn to answer")
+        wait_for(answers, 30, "the web server to answer")
         return f"http://127.0.0.1:{self.web_port}"
 
     def start_worker(self, name: str = "worker", **env: str) -> Proc:

@@ -10,6 +10,8 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -17,10 +19,12 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from prometheus_client import REGISTRY
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from devtools.embedded import free_port
+from server.apps.front.ingest import authentication
 from server.apps.front.models import ABEvent
 from server.apps.front.ops import metrics
 from server.apps.front.pipeline import queue
@@ -347,11 +351,23 @@ def as_batch(event_json: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("url", ENDPOINTS)
-@pytest.mark.parametrize("charset", ["rot13", "base64", "hex", "zlib", "bz2", "uu", "quopri", "no-such-charset"])
+@pytest.mark.parametrize(
+    "charset", ["rot13", "base64", "hex", "zlib", "bz2", "uu", "quopri", "no-such-charset", "undefined", "punycode"]
+)
 @pytest.mark.parametrize("body", [b"{", VALID_EVENT], ids=["broken", "valid"])
 def test_a_charset_that_is_not_a_text_encoding_gets_415(client, debug, url, charset, body):
     response = send(client, url, body, content_type=f"application/json; charset={charset}")
     assert_envelope(response, 415, "content_type")
+    assert queue.stats().depth == 0
+
+
+@pytest.mark.parametrize("charset", ["rot13", "base64", "undefined", "punycode"])
+def test_a_useless_charset_with_a_query_string_is_no_500_before_any_middleware(client, debug, charset):
+    # Django decodes the query string with the request's charset while it builds the request.
+    content_type = f"application/json; charset={charset}"
+    for url in ENDPOINTS:
+        assert_envelope(send(client, f"{url}?x=1&y=%ff", VALID_EVENT, content_type=content_type), 415, "content_type")
+    assert client.get("/healthz?x=1", content_type=content_type).status_code == 200
     assert queue.stats().depth == 0
 
 
@@ -455,3 +471,104 @@ def test_request_level_errors_are_in_the_envelope(client, debug, url, settings):
     assert_envelope(send(client, url, VALID_EVENT, HTTP_HOST="bad host"), 400, "request")
     settings.AB_MAX_BODY_BYTES = 1024
     assert_envelope(send(client, url, b" " * 2000), 413, "body")
+
+
+# --- PostgreSQL down: credentials must not turn ingest into a 500 ---------------------------
+
+
+@contextmanager
+def database_unreachable(port: int | None = None, connect_timeout: int | None = None) -> Iterator[None]:
+    """This process's connection really cannot reach PostgreSQL: closed, then pointed at a dead port."""
+    saved_port = connection.settings_dict["PORT"]
+    saved_options = connection.settings_dict["OPTIONS"]
+    connection.close()
+    connection.settings_dict["PORT"] = str(port or free_port())
+    if connect_timeout is not None:
+        connection.settings_dict["OPTIONS"] = {**saved_options, "connect_timeout": connect_timeout}
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = saved_port
+        connection.settings_dict["OPTIONS"] = saved_options
+
+
+@pytest.fixture
+def outage_state():
+    authentication.OUTAGE.reset()
+    yield authentication.OUTAGE
+    authentication.OUTAGE.reset()
+
+
+def anonymous_by_outage(method: str) -> float:
+    return REGISTRY.get_sample_value("abflow_auth_db_unavailable_total", {"method": method}) or 0.0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("url", ENDPOINTS)
+@pytest.mark.parametrize("method", ["token", "session"])
+def test_with_postgresql_down_a_token_or_session_event_is_accepted_as_anonymous(outage_state, url, method):
+    user = get_user_model().objects.create_user("carol", password="x" * 12)
+    client = APIClient()
+    if method == "token":
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    else:
+        client.force_login(user)
+    body = event() if url == URL else {"events": [event()]}
+    before = anonymous_by_outage(method)
+    with database_unreachable():
+        response = client.post(url, body, format="json")
+    assert response.status_code in (200, 201), response.content
+    assert response.json()["success"] is True
+    assert anonymous_by_outage(method) == before + 1
+    assert drain().stored == 1
+    assert ABEvent.objects.get().user is None
+    # With the database back (and the breaker reset) the same credentials link the user again.
+    outage_state.reset()
+    assert client.post(url, body, format="json").status_code in (200, 201)
+    drain()
+    assert ABEvent.objects.filter(user=user).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_csrf_is_enforced_for_session_users_while_the_database_answers(outage_state):
+    user = get_user_model().objects.create_user("dave", password="x" * 12)
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    refused = post_json(client, event())
+    assert refused.status_code == 403
+    assert "auth" in refused.json()["errors"]
+    # Unreachable: the cookie proves nothing, the event is anonymous, as without the cookie.
+    with database_unreachable():
+        assert post_json(client, event()).status_code == 201
+    drain()
+    assert ABEvent.objects.get().user is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unresponsive_database_is_waited_for_once_then_skipped(outage_state, monkeypatch):
+    """A host that accepts connections but never answers: each lookup would wait for the connect timeout."""
+    import socket
+
+    user = get_user_model().objects.create_user("erin", password="x" * 12)
+    client = APIClient(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    monkeypatch.setattr(authentication, "BACKOFF_SECONDS", 1.5)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        with database_unreachable(port=listener.getsockname()[1], connect_timeout=1):
+            timings = []
+            for _ in range(4):
+                started = time.monotonic()
+                assert post_json(client, event()).status_code == 201
+                timings.append(time.monotonic() - started)
+    finally:
+        listener.close()
+    assert timings[0] >= 0.9  # the one lookup that waited for the timeout
+    assert max(timings[1:]) < 0.5, timings
+    time.sleep(1.6)  # the breaker closes: the database is asked again, and answers
+    assert post_json(client, event()).status_code == 201
+    drain()
+    assert ABEvent.objects.filter(user=user).count() == 1
+    assert ABEvent.objects.filter(user=None).count() == 4

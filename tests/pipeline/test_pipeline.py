@@ -147,7 +147,8 @@ PROGRESS = re.compile(
 
 
 def test_ab_flush_prints_progress_lines_with_stored_dead_lettered_rate_and_what_is_still_queued():
-    queue.push([item(session_id=f"s-{i}") for i in range(15)] + [b"{not json"] + [item(session_id=f"s-{i}") for i in range(15, 50)])
+    good = [item(session_id=f"s-{i}") for i in range(50)]
+    queue.push([*good[:15], b"{not json", *good[15:]])
     out = StringIO()
     call_command("ab_flush", "--batch-size", "10", "--progress-every", "0", stdout=out)
 

@@ -28,8 +28,11 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 from django.urls import Resolver404, resolve
+from django.utils.http import parse_header_parameters
 
 from server.apps.front.ingest.errors import error_response
+
+from .parsers import is_text_charset
 
 # gzip header and trailer (wbits 16 + 15); "x-gzip" is the same thing (RFC 9110).
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
@@ -97,6 +100,29 @@ def prepare_body(request: HttpRequest) -> HttpResponse | None:
     request.META["CONTENT_LENGTH"] = str(len(inflated))
     del request.META["HTTP_CONTENT_ENCODING"]
     return None
+
+
+def _set_content_type_params(self: HttpRequest, meta: dict[str, Any]) -> None:
+    """Django's HttpRequest._set_content_type_params, keeping only a charset that is a text encoding.
+
+    Django takes any name ``codecs.lookup`` knows as the request's encoding,
+    ``rot13`` or ``base64`` too, and decodes the query string with it as the
+    request object is built, before any middleware: ``POST /any/path?x=1``
+    with ``Content-Type: application/json; charset=rot13`` was a LookupError,
+    a 500 from the WSGI handler itself. Such a charset is now ignored like an
+    unknown one (Django's own rule for those): the request decodes as UTF-8
+    and the ingest parsers answer 415 for it (parsers.body_charset).
+    """
+    self.content_type, self.content_params = parse_header_parameters(meta.get("CONTENT_TYPE", ""))
+    charset = self.content_params.get("charset")
+    if charset is not None and is_text_charset(charset):
+        self.encoding = charset
+
+
+# Installed when this module is imported, i.e. when the handler loads its
+# middleware, before it builds the first request (WSGIRequest calls this in
+# its __init__, so a middleware could not intercept it).
+HttpRequest._set_content_type_params = _set_content_type_params  # type: ignore[method-assign]
 
 
 # The key of ``errors`` for an error page Django made; "request" for the rest.

@@ -29,25 +29,37 @@ from django.utils.http import parse_header_parameters
 from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import BaseParser
 
+# Text codecs whose decode() fails with a bare UnicodeError, not the
+# UnicodeDecodeError that Django's QueryDict falls back on: useless as a charset.
+_UNDECODABLE_CODECS = frozenset({"undefined", "punycode"})
+
+
+def is_text_charset(name: str) -> bool:
+    """Whether ``name`` is a charset bytes.decode() can use: a known text encoding.
+
+    Not ``rot13``, ``base64``, ``zlib``, ...: codecs knows them, but they are
+    bytes-to-bytes or str-to-str, and decode() raises LookupError for them.
+    """
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return False
+    # _is_text_encoding is what bytes.decode() itself checks.
+    return getattr(info, "_is_text_encoding", True) and info.name not in _UNDECODABLE_CODECS
+
 
 def body_charset(media_type: str | None, default: str) -> str:
     """The ``charset`` of a Content-Type, if it names a text encoding; else UnsupportedMediaType.
 
-    Django keeps any name ``codecs`` knows (``rot13`` too, whose decode()
-    raises LookupError) and silently drops unknown ones; both are refused
+    Django silently drops unknown names and, before the middleware's fix,
+    kept any name ``codecs`` knows, ``rot13`` included; both are refused
     here, before a byte is decoded.
     """
     _, params = parse_header_parameters(media_type or "")
     charset = params.get("charset", "").strip()
     if not charset:
         return default
-    try:
-        info = codecs.lookup(charset)
-    except LookupError:
-        info = None
-    # _is_text_encoding is what bytes.decode() itself checks (False for the
-    # bytes-to-bytes and str-to-str codecs).
-    if info is None or not getattr(info, "_is_text_encoding", True):
+    if not is_text_charset(charset):
         raise UnsupportedMediaType(
             media_type or "", detail=f"charset {charset!r} is not a known text encoding; send UTF-8 JSON."
         )
