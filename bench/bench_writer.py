@@ -23,8 +23,9 @@ A short warm-up round is not counted. Medians per side and the ratios of the
 drain to the raw sides (median of the per-round ratios) are printed with the
 load average; the machine is shared, so the ratios are the figures to quote.
 
-Runs on its own database (``abflow_bench_writer``) and its own Redis key
-prefix, deleting only its own keys, so it can run beside the other benches.
+Runs on its own database (``abflow_bench_writer``), its own Redis database
+(11) and key prefix, deleting only its own keys, so it can run beside the
+other benches.
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def _own_database() -> None:
 
         parts = urlsplit(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
         os.environ["BENCH_DATABASE_URL"] = urlunsplit(parts._replace(path="/abflow_bench_writer"))
+    if "BENCH_REDIS_URL" not in os.environ:
+        # Not database 15: the other benches FLUSHDB it between runs, which
+        # would empty this one's queue in the middle of a drain.
+        from server.defaults import DEFAULT_REDIS_URL
+
+        parts = urlsplit(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
+        os.environ["BENCH_REDIS_URL"] = urlunsplit(parts._replace(path="/11"))
 
 
 def reset() -> None:
@@ -165,7 +173,10 @@ def time_drain(items: list[bytes], batch_size: int, *, staging: str | None = Non
     finally:
         copyin.CREATE_STAGING = saved
     if result.stored != len(items) or result.error:
-        raise SystemExit(f"drain stored {result.stored} of {len(items)}: {result.error}")
+        from server.apps.front.pipeline import queue
+
+        dead = queue.dead_letters(0, 1)
+        raise SystemExit(f"drain stored {result.stored} of {len(items)}: {result.as_log()} {dead}")
     return seconds
 
 

@@ -261,9 +261,11 @@ def _fast_int4(value: Any) -> bytes:
     return _int4_field(4, value)
 
 
+def _fast_optional_micros(value: Any) -> bytes:
+    return NULL if value is None else _fast_micros(value)
+
+
 def _fast_micros(value: Any) -> bytes:
-    if value is None:
-        return NULL
     if type(value) is not int or not _MIN_MICROS <= value <= _MAX_MICROS:
         raise NotFast
     return _TIMESTAMP_FIELD(8, value - _PG_EPOCH_MICROS)
@@ -297,7 +299,7 @@ def encode_item(payload: dict[str, Any]) -> tuple[str, bytes]:
             _fast_micros(payload["t"]),
             _UUID_FIELD,
             bytes.fromhex(event_id.replace("-", "")),
-            _fast_micros(payload.get("c")),
-            _fast_micros(payload.get("w")),
+            _fast_optional_micros(payload.get("c")),
+            _fast_optional_micros(payload.get("w")),
         )
     )
