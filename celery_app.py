@@ -12,7 +12,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "server.settings")
 
 app = Celery("abflow")
 
-# All CELERY_* settings from server/settings.py.
+# All CELERY_* settings from server/settings.py. The broker is
+# CELERY_BROKER_URL (default REDIS_URL): a plain Redis or RabbitMQ, never the
+# queue's Redis Cluster (AB_QUEUE_REDIS_CLUSTER), for which kombu has no
+# transport; settings.py refuses that combination at start-up.
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 # Tasks live in worker/tasks.py, thin wrappers around plain functions.
