@@ -134,6 +134,7 @@ def assert_equivalent(ranges: list[tuple[datetime | None, datetime | None]] | No
     assert kept.keys() == folded.keys()
     differing = [sid for sid in kept if kept[sid] != folded[sid]]
     assert not differing, [(kept[s], folded[s]) for s in differing[:3]]
+    assert rollup.cell_differences() == dict.fromkeys(rollup.CELL_TABLES, 0)
     for since, until in ranges or [(None, None)]:
         from_rollup = build.build_report(since, until, source="rollup")
         from_events = build.build_report(since, until, source="events")

@@ -6,8 +6,25 @@ from django.db import migrations, models
 # A frozen copy of report/rollup.py's install_sql() and UNINSTALL_SQL at the time of this migration
 # (tests/report/test_rollup.py checks the installed trigger bodies equal the code's; a change to the
 # fold needs a new migration that installs the new bodies).
-INSTALL_SQL = r'''CREATE OR REPLACE FUNCTION ab_sessions_on_insert() RETURNS trigger LANGUAGE plpgsql AS $body$
+INSTALL_SQL = r'''
+CREATE TABLE IF NOT EXISTS ab_report_funnel (
+    status text NOT NULL, variant text NOT NULL, max_step integer NOT NULL, abandoned_step integer NOT NULL,
+    min_step integer NOT NULL,
+    sessions bigint NOT NULL, events bigint NOT NULL, started bigint NOT NULL, completed bigint NOT NULL,
+    abandoned bigint NOT NULL,
+    PRIMARY KEY (status, variant, max_step, abandoned_step, min_step)
+);
+CREATE TABLE IF NOT EXISTS ab_report_step_values (
+    variant text NOT NULL, step integer NOT NULL, ms double precision NOT NULL, sessions bigint NOT NULL,
+    PRIMARY KEY (variant, step, ms)
+);
+CREATE TABLE IF NOT EXISTS ab_report_total_values (
+    variant text NOT NULL, total_ms double precision NOT NULL, sessions bigint NOT NULL,
+    PRIMARY KEY (variant, total_ms)
+);
+CREATE OR REPLACE FUNCTION ab_sessions_on_insert() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
+    PERFORM pg_advisory_xact_lock(27411234838377331);
     INSERT INTO ab_sessions AS s (session_id, events, variant, min_variant, max_variant, started, completed, abandoned, abandoned_step, min_step, max_step, step_ms, first_event_at, last_event_at, assigned_at, started_at, completed_at)
     SELECT session_id, events, variant, min_variant, max_variant, started, completed, abandoned, abandoned_step, min_step, max_step, step_ms, first_event_at, last_event_at, assigned_at, started_at, completed_at FROM (
     SELECT a.*, m.step_ms FROM (
@@ -60,6 +77,7 @@ END
 $body$;
 CREATE OR REPLACE FUNCTION ab_sessions_on_delete() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
+    PERFORM pg_advisory_xact_lock(27411234838377331);
     DELETE FROM ab_sessions WHERE session_id IN (SELECT DISTINCT session_id FROM old_events);
     INSERT INTO ab_sessions AS s (session_id, events, variant, min_variant, max_variant, started, completed, abandoned, abandoned_step, min_step, max_step, step_ms, first_event_at, last_event_at, assigned_at, started_at, completed_at)
     SELECT session_id, events, variant, min_variant, max_variant, started, completed, abandoned, abandoned_step, min_step, max_step, step_ms, first_event_at, last_event_at, assigned_at, started_at, completed_at FROM (
@@ -101,6 +119,145 @@ BEGIN
     RETURN NULL;
 END
 $body$;
+CREATE OR REPLACE FUNCTION ab_report_on_session_truncate() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    DELETE FROM ab_report_funnel; DELETE FROM ab_report_step_values; DELETE FROM ab_report_total_values;
+    RETURN NULL;
+END
+$body$;
+CREATE OR REPLACE FUNCTION ab_report_on_session_insert() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
+    SELECT status, variant, max_step, abandoned_step, min_step, sum(sessions * sign)::bigint AS sessions, sum(events * sign)::bigint AS events, sum(started * sign)::bigint AS started, sum(completed * sign)::bigint AS completed, sum(abandoned * sign)::bigint AS abandoned FROM (SELECT *, 1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
+            coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
+            coalesce(c.min_step, -1) AS min_step,
+            count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
+            count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s) AS c GROUP BY 1, 2, 3, 4, 5) AS n) AS d
+    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0 ORDER BY status, variant, max_step, abandoned_step, min_step
+    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned;
+    INSERT INTO ab_report_step_values AS t (variant, step, ms, sessions)
+    SELECT variant, step, ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms,
+            count(*) AS sessions
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+            WHERE c.status = 'analysed' GROUP BY 1, 2, 3) AS n) AS d
+    GROUP BY variant, step, ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, step, ms
+    ON CONFLICT (variant, step, ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    INSERT INTO ab_report_total_values AS t (variant, total_ms, sessions)
+    SELECT variant, total_ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms,
+            count(*) AS sessions
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s) AS c
+            WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL GROUP BY 1, 2) AS n) AS d
+    GROUP BY variant, total_ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, total_ms
+    ON CONFLICT (variant, total_ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    RETURN NULL;
+END
+$body$;
+CREATE OR REPLACE FUNCTION ab_report_on_session_update() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
+    SELECT status, variant, max_step, abandoned_step, min_step, sum(sessions * sign)::bigint AS sessions, sum(events * sign)::bigint AS events, sum(started * sign)::bigint AS started, sum(completed * sign)::bigint AS completed, sum(abandoned * sign)::bigint AS abandoned FROM (SELECT *, 1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
+            coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
+            coalesce(c.min_step, -1) AS min_step,
+            count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
+            count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s) AS c GROUP BY 1, 2, 3, 4, 5) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
+            coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
+            coalesce(c.min_step, -1) AS min_step,
+            count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
+            count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s) AS c GROUP BY 1, 2, 3, 4, 5) AS o) AS d
+    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0 ORDER BY status, variant, max_step, abandoned_step, min_step
+    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned;
+    INSERT INTO ab_report_step_values AS t (variant, step, ms, sessions)
+    SELECT variant, step, ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms,
+            count(*) AS sessions
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+            WHERE c.status = 'analysed' GROUP BY 1, 2, 3) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms,
+            count(*) AS sessions
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+            WHERE c.status = 'analysed' GROUP BY 1, 2, 3) AS o) AS d
+    GROUP BY variant, step, ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, step, ms
+    ON CONFLICT (variant, step, ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    INSERT INTO ab_report_total_values AS t (variant, total_ms, sessions)
+    SELECT variant, total_ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms,
+            count(*) AS sessions
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s) AS c
+            WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL GROUP BY 1, 2) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms,
+            count(*) AS sessions
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s) AS c
+            WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL GROUP BY 1, 2) AS o) AS d
+    GROUP BY variant, total_ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, total_ms
+    ON CONFLICT (variant, total_ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    RETURN NULL;
+END
+$body$;
+CREATE OR REPLACE FUNCTION ab_report_on_session_delete() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
+    SELECT status, variant, max_step, abandoned_step, min_step, sum(sessions * sign)::bigint AS sessions, sum(events * sign)::bigint AS events, sum(started * sign)::bigint AS started, sum(completed * sign)::bigint AS completed, sum(abandoned * sign)::bigint AS abandoned FROM (SELECT *, -1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
+            coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
+            coalesce(c.min_step, -1) AS min_step,
+            count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
+            count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s) AS c GROUP BY 1, 2, 3, 4, 5) AS o) AS d
+    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0 ORDER BY status, variant, max_step, abandoned_step, min_step
+    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned;
+    INSERT INTO ab_report_step_values AS t (variant, step, ms, sessions)
+    SELECT variant, step, ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, -1 AS sign FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms,
+            count(*) AS sessions
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+            WHERE c.status = 'analysed' GROUP BY 1, 2, 3) AS o) AS d
+    GROUP BY variant, step, ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, step, ms
+    ON CONFLICT (variant, step, ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    INSERT INTO ab_report_total_values AS t (variant, total_ms, sessions)
+    SELECT variant, total_ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, -1 AS sign FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms,
+            count(*) AS sessions
+            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s) AS c
+            WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL GROUP BY 1, 2) AS o) AS d
+    GROUP BY variant, total_ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, total_ms
+    ON CONFLICT (variant, total_ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    RETURN NULL;
+END
+$body$;
+DROP TRIGGER IF EXISTS ab_report_on_session_insert ON ab_sessions;
+CREATE TRIGGER ab_report_on_session_insert AFTER INSERT ON ab_sessions REFERENCING NEW TABLE AS new_sessions FOR EACH STATEMENT EXECUTE FUNCTION ab_report_on_session_insert();
+DROP TRIGGER IF EXISTS ab_report_on_session_update ON ab_sessions;
+CREATE TRIGGER ab_report_on_session_update AFTER UPDATE ON ab_sessions REFERENCING OLD TABLE AS old_sessions NEW TABLE AS new_sessions FOR EACH STATEMENT EXECUTE FUNCTION ab_report_on_session_update();
+DROP TRIGGER IF EXISTS ab_report_on_session_delete ON ab_sessions;
+CREATE TRIGGER ab_report_on_session_delete AFTER DELETE ON ab_sessions REFERENCING OLD TABLE AS old_sessions FOR EACH STATEMENT EXECUTE FUNCTION ab_report_on_session_delete();
+
+DROP TRIGGER IF EXISTS ab_report_on_session_truncate ON ab_sessions;
+CREATE TRIGGER ab_report_on_session_truncate AFTER TRUNCATE ON ab_sessions
+    FOR EACH STATEMENT EXECUTE FUNCTION ab_report_on_session_truncate();
 DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
 CREATE TRIGGER ab_events_rollup_insert AFTER INSERT ON ab_events
     REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION ab_sessions_on_insert();
@@ -113,6 +270,11 @@ CREATE TRIGGER ab_events_rollup_truncate AFTER TRUNCATE ON ab_events
 '''
 
 UNINSTALL_SQL = r'''
+DROP TABLE IF EXISTS ab_report_funnel, ab_report_step_values, ab_report_total_values;
+DROP FUNCTION IF EXISTS ab_report_on_session_insert() CASCADE;
+DROP FUNCTION IF EXISTS ab_report_on_session_update() CASCADE;
+DROP FUNCTION IF EXISTS ab_report_on_session_delete() CASCADE;
+DROP FUNCTION IF EXISTS ab_report_on_session_truncate() CASCADE;
 DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
 DROP TRIGGER IF EXISTS ab_events_rollup_delete ON ab_events;
 DROP TRIGGER IF EXISTS ab_events_rollup_truncate ON ab_events;

@@ -66,7 +66,7 @@ T = TypeVar("T")
 # folded from every event in ab_events (the reference implementation: tests and --full-scan compare the two).
 # Both select sessions by when they entered the experiment: the time of their first variant_assigned event,
 # or for a session that never got one (counted as "unassigned" only) the time of its first event.
-_SESSION_COLUMNS = """session_id, events, variant, min_variant <> max_variant AS contaminated,
+_SESSION_COLUMNS = """session_id, events, variant, min_variant, max_variant,
         started, completed, abandoned, abandoned_step, min_step, max_step, step_ms"""
 _IN_RANGE = """(%(since)s::timestamptz IS NULL OR COALESCE(assigned_at, first_event_at) >= %(since)s::timestamptz)
       AND (%(until)s::timestamptz IS NULL OR COALESCE(assigned_at, first_event_at) < %(until)s::timestamptz)"""
@@ -75,78 +75,141 @@ SESSIONS_FROM_EVENTS = (
     f"SELECT {_SESSION_COLUMNS} FROM ({rollup.session_rows_sql('ab_events')}) AS folded WHERE {_IN_RANGE}"
 )
 
-AGGREGATES_SQL = """
-WITH sessions AS MATERIALIZED (
-    -- One row per session (see SESSIONS_FROM_ROLLUP / SESSIONS_FROM_EVENTS): each step timed once, by the
-    -- smallest time sent for it, so a step_completed sent twice counts once whatever the arrival order.
-    {sessions}
-),
-classified AS MATERIALIZED (
-    SELECT *,
-        CASE WHEN contaminated THEN 'contaminated'
-             WHEN variant IS NULL THEN 'unassigned'
-             ELSE 'analysed' END AS status
-    FROM sessions
-),
+def _cells_from_sessions(sessions: str) -> str:
+    """The report's cells (rollup.cells_sql) computed on the fly from the sessions that ``sessions`` selects."""
+    cells = rollup.cells_sql("sessions")
+    return f"""sessions AS MATERIALIZED ({sessions}),
+funnel_cells AS MATERIALIZED ({cells["ab_report_funnel"]}),
+step_values AS MATERIALIZED ({cells["ab_report_step_values"]}),
+total_values AS MATERIALIZED ({cells["ab_report_total_values"]})"""
+
+
+# The all-time report reads the cells the triggers keep: a few thousand rows, whatever the number of events.
+CELLS_KEPT = """funnel_cells AS (SELECT * FROM ab_report_funnel WHERE sessions <> 0),
+step_values AS (SELECT * FROM ab_report_step_values WHERE sessions <> 0),
+total_values AS (SELECT * FROM ab_report_total_values WHERE sessions <> 0)"""
+
+
+def _ranked(values: str, group: str, value: str) -> str:
+    """A histogram in rank order: ranks ``before`` .. ``before + sessions - 1`` (0-based) hold ``value``."""
+    return f"""SELECT {group}, {value} AS value, sessions,
+        sum(sessions) OVER (PARTITION BY {group} ORDER BY {value}) - sessions AS before,
+        sum(sessions) OVER (PARTITION BY {group}) AS n
+    FROM {values}"""
+
+
+def _percentiles(ranked: str, group: str, ps: tuple[float, ...]) -> str:
+    """percentile_cont(p) per group from a ranked histogram, as PostgreSQL computes it.
+
+    The same two ranks (floor and ceil of p * (n - 1)) and the same float8 interpolation
+    ``lo + frac * (hi - lo)`` as percentile_cont's final function, so the figures are those of
+    ``percentile_cont(p) WITHIN GROUP (ORDER BY value)`` over the sessions the histogram counts.
+    """
+    keys = [k.strip() for k in group.split(",")]
+    on = " AND ".join(f"r.{k} = w.{k}" for k in keys)
+    wanted_group = ", ".join(f"w.{k}" for k in keys)
+    values = ", ".join(f"({p!r}::double precision)" for p in ps)
+    return f"""SELECT {wanted_group}, w.p,
+        min(r.value) FILTER (WHERE r.before <= w.lo AND w.lo < r.before + r.sessions)
+        + w.frac * (min(r.value) FILTER (WHERE r.before <= w.hi AND w.hi < r.before + r.sessions)
+                    - min(r.value) FILTER (WHERE r.before <= w.lo AND w.lo < r.before + r.sessions)) AS value
+    FROM (
+        SELECT g.*, p.p, floor(p.p * (g.n - 1)::double precision) AS lo, ceil(p.p * (g.n - 1)::double precision) AS hi,
+            p.p * (g.n - 1)::double precision - floor(p.p * (g.n - 1)::double precision) AS frac
+        FROM (SELECT DISTINCT {group}, n FROM {ranked}) AS g CROSS JOIN (VALUES {values}) AS p (p)
+    ) AS w JOIN {ranked} AS r ON {on} AND r.before <= w.hi AND w.lo < r.before + r.sessions
+    GROUP BY {wanted_group}, w.p, w.frac"""
+
+
+# Everything below reads only the cells: counts per (status, variant, furthest step, abandon step, first
+# step), and histograms {time: sessions} per (variant, step) and per variant for the time to complete.
+# Means and the standard deviation are exact numeric sums over the histograms, so the figures do not
+# depend on the order in which rows are read.
+AGGREGATES_SQL = f"""
+WITH {{cells}},
 funnel AS (
     SELECT status, variant, max_step, abandoned_step,
         GROUPING(max_step, abandoned_step) AS level,
-        count(*) AS sessions,
-        sum(events) AS events,
-        count(*) FILTER (WHERE started) AS started,
-        count(*) FILTER (WHERE completed) AS completed,
-        count(*) FILTER (WHERE abandoned) AS abandoned,
+        sum(sessions)::bigint AS sessions,
+        sum(events)::bigint AS events,
+        sum(started)::bigint AS started,
+        sum(completed)::bigint AS completed,
+        sum(abandoned)::bigint AS abandoned,
         min(min_step) AS first_step
-    FROM classified
+    FROM (
+        SELECT status, NULLIF(variant, '') AS variant, NULLIF(max_step, -1) AS max_step,
+            NULLIF(abandoned_step, -1) AS abandoned_step, NULLIF(min_step, -1) AS min_step,
+            sessions, events, started, completed, abandoned
+        FROM funnel_cells
+    ) AS c
     GROUP BY GROUPING SETS ((status, variant), (status, variant, max_step), (status, variant, abandoned_step))
 ),
-step_times AS MATERIALIZED (
-    SELECT c.variant, c.session_id, c.completed, u.key::int AS step, u.value::double precision AS ms
-    FROM classified c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-    WHERE c.status = 'analysed'
-),
+step_ranked AS MATERIALIZED ({_ranked("step_values", "variant, step", "ms")}),
+pooled_ranked AS MATERIALIZED ({
+    _ranked("(SELECT step, ms, sum(sessions) AS sessions FROM step_values GROUP BY step, ms) AS p", "step", "ms")
+}),
 step_caps AS MATERIALIZED (
-    SELECT step, percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS cap
-    FROM step_times GROUP BY step
+    SELECT step, value AS cap FROM ({_percentiles("pooled_ranked", "step", (0.99,))}) AS q
 ),
+step_pcts AS MATERIALIZED ({_percentiles("step_ranked", "variant, step", (0.5, 0.9))}),
 step_stats AS (
-    SELECT t.variant, t.step, count(*) AS sessions,
-        -- Sums in numeric: exact, so the figures do not depend on the order rows are read in (the rollup and
-        -- the full scan read sessions in different orders and must agree to the last digit).
-        avg(least(t.ms, c.cap)::numeric)::double precision AS mean_ms,
-        avg(t.ms::numeric)::double precision AS mean_raw_ms,
-        percentile_cont(0.5) WITHIN GROUP (ORDER BY t.ms) AS median_ms,
-        percentile_cont(0.9) WITHIN GROUP (ORDER BY t.ms) AS p90_ms,
+    SELECT t.variant, t.step, sum(t.sessions)::bigint AS sessions,
+        (sum(least(t.value, c.cap)::numeric * t.sessions) / sum(t.sessions))::double precision AS mean_ms,
+        (sum(t.value::numeric * t.sessions) / sum(t.sessions))::double precision AS mean_raw_ms,
+        max(m.value) AS median_ms,
+        max(q.value) AS p90_ms,
         max(c.cap) AS cap_ms
-    FROM step_times t JOIN step_caps c USING (step)
+    FROM step_ranked t JOIN step_caps c USING (step)
+    JOIN step_pcts m ON m.variant = t.variant AND m.step = t.step AND m.p = 0.5
+    JOIN step_pcts q ON q.variant = t.variant AND q.step = t.step AND q.p = 0.9
     GROUP BY t.variant, t.step
 ),
-totals AS (
-    SELECT variant, sum(ms::numeric)::double precision AS total_ms
-    FROM step_times WHERE completed GROUP BY variant, session_id
-),
-total_cap AS MATERIALIZED (
-    SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY total_ms) AS cap FROM totals
+total_ranked AS MATERIALIZED ({_ranked("total_values", "variant", "total_ms")}),
+total_pooled AS MATERIALIZED ({
+    _ranked("(SELECT 1 AS pool, total_ms, sum(sessions) AS sessions FROM total_values GROUP BY total_ms) AS p",
+            "pool", "total_ms")
+}),
+total_cap AS MATERIALIZED (SELECT value AS cap FROM ({_percentiles("total_pooled", "pool", (0.99,))}) AS q),
+total_pcts AS MATERIALIZED ({_percentiles("total_ranked", "variant", (0.5, 0.9))}),
+total_sums AS (
+    SELECT t.variant, sum(t.sessions) AS n,
+        sum(least(t.value, c.cap)::numeric * t.sessions) AS s1,
+        sum(least(t.value, c.cap)::numeric ^ 2 * t.sessions) AS s2,
+        sum(t.value::numeric * t.sessions) AS raw,
+        max(c.cap) AS cap
+    FROM total_ranked t CROSS JOIN total_cap c
+    GROUP BY t.variant
 ),
 total_stats AS (
-    SELECT t.variant, count(*) AS sessions,
-        avg(least(t.total_ms, c.cap)::numeric)::double precision AS mean_ms,
-        stddev_samp(least(t.total_ms, c.cap)::numeric)::double precision AS sd_ms,
-        avg(t.total_ms::numeric)::double precision AS mean_raw_ms,
-        percentile_cont(0.5) WITHIN GROUP (ORDER BY t.total_ms) AS median_ms,
-        percentile_cont(0.9) WITHIN GROUP (ORDER BY t.total_ms) AS p90_ms,
-        max(c.cap) AS cap_ms
-    FROM totals t CROSS JOIN total_cap c
-    GROUP BY t.variant
+    SELECT s.variant, s.n::bigint AS sessions,
+        (s.s1 / s.n)::double precision AS mean_ms,
+        -- stddev_samp as PostgreSQL computes it for numeric: sqrt((n*S2 - S1^2) / (n*(n-1))), 0 if negative.
+        CASE WHEN s.n > 1 THEN sqrt(greatest(s.n * s.s2 - s.s1 * s.s1, 0) / (s.n * (s.n - 1)))::double precision
+        END AS sd_ms,
+        (s.raw / s.n)::double precision AS mean_raw_ms,
+        m.value AS median_ms,
+        q.value AS p90_ms,
+        s.cap AS cap_ms
+    FROM total_sums s
+    JOIN total_pcts m ON m.variant = s.variant AND m.p = 0.5
+    JOIN total_pcts q ON q.variant = s.variant AND q.p = 0.9
 )
 SELECT json_build_object(
     'funnel', (SELECT coalesce(json_agg(funnel), '[]'::json) FROM funnel),
     'steps', (SELECT coalesce(json_agg(step_stats ORDER BY variant, step), '[]'::json) FROM step_stats),
-    'totals', (SELECT coalesce(json_agg(total_stats), '[]'::json) FROM total_stats)
+    'totals', (SELECT coalesce(json_agg(total_stats ORDER BY variant), '[]'::json) FROM total_stats)
 )
 """
 
 SOURCES = {"rollup": SESSIONS_FROM_ROLLUP, "events": SESSIONS_FROM_EVENTS}
+
+
+def aggregates_sql(since: datetime | None, until: datetime | None, source: str) -> str:
+    """The statement for a report: the kept cells for the all-time report from the rollup, else cells
+    computed from the selected sessions (of the rollup, or folded from every event)."""
+    if source == "rollup" and since is None and until is None:
+        return AGGREGATES_SQL.replace("{cells}", CELLS_KEPT)
+    return AGGREGATES_SQL.replace("{cells}", _cells_from_sessions(SOURCES[source]))
 
 
 # --- options -----------------------------------------------------------------------
@@ -210,7 +273,7 @@ def fetch_aggregates(
     ``source``: ``"rollup"`` reads ab_sessions; ``"events"`` folds every event of ab_events (the reference,
     its cost grows with the table).
     """
-    sql = AGGREGATES_SQL.replace("{sessions}", SOURCES[source])
+    sql = aggregates_sql(since, until, source)
     with connection.cursor() as cursor:
         cursor.execute(sql, {"since": since, "until": until})
         (document,) = cursor.fetchone()

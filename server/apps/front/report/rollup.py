@@ -179,6 +179,102 @@ def replace_sql(source: str) -> str:
     ON CONFLICT (session_id) DO UPDATE SET {updates}"""
 
 
+# --- the report's cells: the all-time report, kept as counts ---------------------------------------------------
+#
+# The report over every session needs only counts: per (status, variant, furthest step, abandon step, first
+# step) the sessions, events and flags; per (variant, step, time) and per (variant, total time) the number
+# of analysed sessions. Percentiles, capped means and standard deviations follow exactly from those
+# histograms (build.py), so the all-time report reads a few thousand rows instead of every session.
+# Statement-level triggers on ab_sessions add each changed session's new contribution and subtract its old
+# one (transition tables hold both versions of every row a statement changed).
+
+FUNNEL_KEY = ("status", "variant", "max_step", "abandoned_step", "min_step")
+FUNNEL_SUMS = ("sessions", "events", "started", "completed", "abandoned")
+CELL_TABLES = {
+    "ab_report_funnel": (FUNNEL_KEY, FUNNEL_SUMS),
+    "ab_report_step_values": (("variant", "step", "ms"), ("sessions",)),
+    "ab_report_total_values": (("variant", "total_ms"), ("sessions",)),
+}
+# NULL is not a key value a unique constraint can match: the cells store '' for no variant and -1 for no
+# step (steps are >= 0, the serializer's rule); build.py turns them back into NULL.
+NO_VARIANT, NO_STEP = "''", -1
+
+CELLS_DDL = f"""
+CREATE TABLE IF NOT EXISTS ab_report_funnel (
+    status text NOT NULL, variant text NOT NULL, max_step integer NOT NULL, abandoned_step integer NOT NULL,
+    min_step integer NOT NULL,
+    sessions bigint NOT NULL, events bigint NOT NULL, started bigint NOT NULL, completed bigint NOT NULL,
+    abandoned bigint NOT NULL,
+    PRIMARY KEY ({", ".join(FUNNEL_KEY)})
+);
+CREATE TABLE IF NOT EXISTS ab_report_step_values (
+    variant text NOT NULL, step integer NOT NULL, ms double precision NOT NULL, sessions bigint NOT NULL,
+    PRIMARY KEY (variant, step, ms)
+);
+CREATE TABLE IF NOT EXISTS ab_report_total_values (
+    variant text NOT NULL, total_ms double precision NOT NULL, sessions bigint NOT NULL,
+    PRIMARY KEY (variant, total_ms)
+);
+"""
+
+
+def classified_sql(source: str) -> str:
+    """ab_sessions-shaped rows in ``source`` with their report status."""
+    return f"""SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM {source} AS s"""
+
+
+def cells_sql(source: str) -> dict[str, str]:
+    """Per cell table: the SELECT of its rows (key columns, then sums) over ab_sessions-shaped rows."""
+    rows = classified_sql(source)
+    return {
+        "ab_report_funnel": f"""SELECT c.status, coalesce(c.variant, {NO_VARIANT}) AS variant,
+            coalesce(c.max_step, {NO_STEP}) AS max_step, coalesce(c.abandoned_step, {NO_STEP}) AS abandoned_step,
+            coalesce(c.min_step, {NO_STEP}) AS min_step,
+            count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
+            count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
+            FROM ({rows}) AS c GROUP BY 1, 2, 3, 4, 5""",
+        "ab_report_step_values": f"""SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms,
+            count(*) AS sessions
+            FROM ({rows}) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+            WHERE c.status = 'analysed' GROUP BY 1, 2, 3""",
+        # A completed session's time to complete: the sum of its step times (exact in numeric).
+        "ab_report_total_values": f"""SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms,
+            count(*) AS sessions
+            FROM ({rows}) AS c
+            WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL GROUP BY 1, 2""",
+    }
+
+
+def _apply_cells_sql(new: str | None, old: str | None) -> str:
+    """Add the contributions of the rows in ``new`` and subtract those in ``old``, per cell table."""
+    statements = []
+    for table, (keys, sums) in CELL_TABLES.items():
+        parts = []
+        if new:
+            parts.append(f"SELECT *, 1 AS sign FROM ({cells_sql(new)[table]}) AS n")
+        if old:
+            parts.append(f"SELECT *, -1 AS sign FROM ({cells_sql(old)[table]}) AS o")
+        key = ", ".join(keys)
+        totals = ", ".join(f"sum({c} * sign)::bigint AS {c}" for c in sums)
+        nonzero = " OR ".join(f"sum({c} * sign) <> 0" for c in sums)
+        updates = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in sums)
+        statements.append(
+            f"""INSERT INTO {table} AS t ({key}, {", ".join(sums)})
+    SELECT {key}, {totals} FROM ({" UNION ALL ".join(parts)}) AS d
+    GROUP BY {key} HAVING {nonzero} ORDER BY {key}
+    ON CONFLICT ({key}) DO UPDATE SET {updates}"""
+        )
+    return ";\n    ".join(statements)
+
+
+# Every change to the rollup (the triggers, the rebuild) runs under this transaction-level advisory lock,
+# taken first: the cells' old-minus-new arithmetic then never interleaves, and the lock order is one.
+ROLLUP_LOCK = 0x61625F73657373  # "ab_sess"
+
+
 # --- the triggers (installed by migration 0003; a test checks the installed bodies equal these) ---------------
 
 INSERT_FUNCTION = "ab_sessions_on_insert"
@@ -189,6 +285,7 @@ TRUNCATE_FUNCTION = "ab_sessions_on_truncate"
 def insert_function_body() -> str:
     return f"""
 BEGIN
+    PERFORM pg_advisory_xact_lock({ROLLUP_LOCK});
     {upsert_sql("new_events")};
     RETURN NULL;
 END
@@ -199,8 +296,27 @@ def delete_function_body() -> str:
     touched = "(SELECT DISTINCT session_id FROM old_events)"
     return f"""
 BEGIN
+    PERFORM pg_advisory_xact_lock({ROLLUP_LOCK});
     DELETE FROM ab_sessions WHERE session_id IN {touched};
     {replace_sql(f"(SELECT * FROM ab_events WHERE session_id IN {touched})")};
+    RETURN NULL;
+END
+"""
+
+
+def sessions_function_body(new: str | None, old: str | None) -> str:
+    return f"""
+BEGIN
+    {_apply_cells_sql(new, old)};
+    RETURN NULL;
+END
+"""
+
+
+def sessions_truncate_body() -> str:
+    return f"""
+BEGIN
+    {"; ".join(f"DELETE FROM {table}" for table in CELL_TABLES)};
     RETURN NULL;
 END
 """
@@ -216,12 +332,28 @@ END
 """
 
 
+SESSION_TRIGGERS = {
+    # function name: (event, transition tables, body)
+    "ab_report_on_session_insert": ("INSERT", "REFERENCING NEW TABLE AS new_sessions", ("new_sessions", None)),
+    "ab_report_on_session_update": (
+        "UPDATE",
+        "REFERENCING OLD TABLE AS old_sessions NEW TABLE AS new_sessions",
+        ("new_sessions", "old_sessions"),
+    ),
+    "ab_report_on_session_delete": ("DELETE", "REFERENCING OLD TABLE AS old_sessions", (None, "old_sessions")),
+}
+
+
 def function_bodies() -> dict[str, str]:
-    return {
+    bodies = {
         INSERT_FUNCTION: insert_function_body(),
         DELETE_FUNCTION: delete_function_body(),
         TRUNCATE_FUNCTION: truncate_function_body(),
+        "ab_report_on_session_truncate": sessions_truncate_body(),
     }
+    for name, (_, _, (new, old)) in SESSION_TRIGGERS.items():
+        bodies[name] = sessions_function_body(new, old)
+    return bodies
 
 
 def install_sql() -> str:
@@ -230,7 +362,17 @@ def install_sql() -> str:
         f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $body${body}$body$;\n"
         for name, body in function_bodies().items()
     )
-    return functions + f"""DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
+    on_sessions = "".join(
+        f"DROP TRIGGER IF EXISTS {name} ON ab_sessions;\n"
+        f"CREATE TRIGGER {name} AFTER {event} ON ab_sessions {transition} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {name}();\n"
+        for name, (event, transition, _) in SESSION_TRIGGERS.items()
+    )
+    return CELLS_DDL + functions + on_sessions + f"""
+DROP TRIGGER IF EXISTS ab_report_on_session_truncate ON ab_sessions;
+CREATE TRIGGER ab_report_on_session_truncate AFTER TRUNCATE ON ab_sessions
+    FOR EACH STATEMENT EXECUTE FUNCTION ab_report_on_session_truncate();
+DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
 CREATE TRIGGER ab_events_rollup_insert AFTER INSERT ON ab_events
     REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION {INSERT_FUNCTION}();
 DROP TRIGGER IF EXISTS ab_events_rollup_delete ON ab_events;
@@ -243,6 +385,11 @@ CREATE TRIGGER ab_events_rollup_truncate AFTER TRUNCATE ON ab_events
 
 
 UNINSTALL_SQL = f"""
+DROP TABLE IF EXISTS ab_report_funnel, ab_report_step_values, ab_report_total_values;
+DROP FUNCTION IF EXISTS ab_report_on_session_insert() CASCADE;
+DROP FUNCTION IF EXISTS ab_report_on_session_update() CASCADE;
+DROP FUNCTION IF EXISTS ab_report_on_session_delete() CASCADE;
+DROP FUNCTION IF EXISTS ab_report_on_session_truncate() CASCADE;
 DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
 DROP TRIGGER IF EXISTS ab_events_rollup_delete ON ab_events;
 DROP TRIGGER IF EXISTS ab_events_rollup_truncate ON ab_events;
@@ -287,6 +434,7 @@ def _rebuild_range(low: str | None, high: str | None) -> tuple[int, int]:
     with transaction.atomic(), connection.cursor() as cursor:
         # Conflicts with the insert trigger's upsert (ROW EXCLUSIVE): every writer transaction is either
         # committed before the next statement's snapshot or applies its delta after this one commits.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ROLLUP_LOCK])
         cursor.execute("LOCK TABLE ab_sessions IN SHARE ROW EXCLUSIVE MODE")
         cursor.execute(f"DELETE FROM ab_sessions WHERE {where}", params)
         cursor.execute(replace_sql(f"(SELECT * FROM ab_events WHERE {where})"), params)
@@ -348,6 +496,7 @@ def rebuild(
         for low, high in _boundaries(batch_events):
             sessions, events = _rebuild_range(low, high)
             report(sessions, events, high)
+        purge_empty_cells()
         return done
     with connection.cursor() as cursor:
         cursor.execute('SELECT DISTINCT session_id FROM ab_events WHERE "timestamp" >= %s ORDER BY session_id', [since])
@@ -364,6 +513,7 @@ def rebuild(
 def _rebuild_sessions(session_ids: list[str]) -> tuple[int, int]:
     """Recompute the given sessions' rows in one short transaction; (sessions, events)."""
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ROLLUP_LOCK])
         cursor.execute("LOCK TABLE ab_sessions IN SHARE ROW EXCLUSIVE MODE")
         cursor.execute("DELETE FROM ab_sessions WHERE session_id = ANY(%s)", [session_ids])
         cursor.execute(replace_sql("(SELECT * FROM ab_events WHERE session_id = ANY(%(ids)s))"), {"ids": session_ids})
@@ -371,6 +521,28 @@ def _rebuild_sessions(session_ids: list[str]) -> tuple[int, int]:
         cursor.execute("SELECT coalesce(sum(events), 0) FROM ab_sessions WHERE session_id = ANY(%s)", [session_ids])
         (events,) = cursor.fetchone()
     return sessions, int(events)
+
+
+def purge_empty_cells() -> None:
+    """Drop cells whose count fell to zero (a time no session has any more), under the rollup's lock."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ROLLUP_LOCK])
+        for table, (_, sums) in CELL_TABLES.items():
+            cursor.execute(f"DELETE FROM {table} WHERE " + " AND ".join(f"{c} = 0" for c in sums))
+
+
+def cell_differences() -> dict[str, int]:
+    """Per cell table: rows that differ from the cells computed from ab_sessions now (0 everywhere = in step)."""
+    out = {}
+    with connection.cursor() as cursor:
+        for table, (keys, sums) in CELL_TABLES.items():
+            cols = ", ".join(keys + sums)
+            live = f"SELECT {cols} FROM {table} WHERE " + " OR ".join(f"{c} <> 0" for c in sums)
+            computed = f"SELECT {cols} FROM ({cells_sql('ab_sessions')[table]}) AS c"
+            both = f"({live} EXCEPT ALL {computed}) UNION ALL ({computed} EXCEPT ALL {live})"
+            cursor.execute(f"SELECT count(*) FROM ({both}) AS d")
+            out[table] = cursor.fetchone()[0]
+    return out
 
 
 def differences(limit: int = 10) -> tuple[int, list[str]]:
