@@ -215,10 +215,25 @@ _INGEST_DESCRIPTION = (
     "exactly once (a retry with the same `event_id` is stored once). `Content-Type` is `application/json` "
     "or `text/plain` (what `navigator.sendBeacon` sends), both carrying the same JSON. The body may be "
     "sent with `Content-Encoding: gzip` (`x-content-encoding`; browsers: `CompressionStream`); the size limit "
-    "applies after inflating too. Limits: see `x-limits` and the field descriptions."
+    "applies after inflating too. Limits: see `x-limits` and the field descriptions. Anonymous requests are "
+    "the norm; a session cookie or token attaches the user (with PostgreSQL unreachable, the event is accepted "
+    "as anonymous)."
 )
 
 # --- ingest operations -------------------------------------------------------------------
+
+
+def _drf_authenticators(view: type) -> list[type]:
+    """The view's authentication classes as the DRF classes they extend.
+
+    The ingest views use outage-tolerant subclasses (ingest/authentication.py):
+    the same credentials (session cookie, ``Authorization: Token``), so the
+    same security schemes as the report's, not a second pair of the same names.
+    """
+    return [
+        next(base for base in cls.__mro__ if base.__module__ == "rest_framework.authentication")
+        for cls in view.authentication_classes
+    ]
 
 
 def _operation(method: str, **kwargs: Any) -> Any:
@@ -248,7 +263,7 @@ class SingleEventView(OpenApiViewExtension):
             examples=[OpenApiExample("an event", value=_EVENT_EXAMPLE, request_only=True)],
         )
         class Fixed(self.target_class):  # type: ignore[name-defined,misc]
-            pass
+            authentication_classes = _drf_authenticators(self.target_class)
 
         return Fixed
 
@@ -294,7 +309,7 @@ class BatchView(OpenApiViewExtension):
             ],
         )
         class Fixed(self.target_class):  # type: ignore[name-defined,misc]
-            pass
+            authentication_classes = _drf_authenticators(self.target_class)
 
         return Fixed
 
