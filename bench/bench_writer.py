@@ -43,7 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import emit, ensure_database, event_body, median, setup_django
+from bench.common import emit, event_body, median, setup_django
 
 KEY_PREFIX = "abbench-writer"
 
@@ -61,6 +61,21 @@ def _own_database() -> None:
 
         parts = urlsplit(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
         os.environ["BENCH_REDIS_URL"] = urlunsplit(parts._replace(path="/11"))
+
+
+def _create_database() -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    url = os.environ["BENCH_DATABASE_URL"]
+    conn = psycopg2.connect(urlunsplit(urlsplit(url)._replace(path="/postgres")))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        name = urlsplit(url).path.lstrip("/")
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        if cur.fetchone() is None:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    conn.close()
 
 
 def reset() -> None:
@@ -189,8 +204,13 @@ def main() -> None:
     args = parser.parse_args()
 
     _own_database()
-    ensure_database()
+    _create_database()
     setup_django(AB_QUEUE_KEY_PREFIX=KEY_PREFIX)
+    from django.core.management import call_command
+
+    # In this process: `manage.py migrate` would also import the URLconf
+    # (system checks), which the writer does not need.
+    call_command("migrate", verbosity=0)
     from django.conf import settings
 
     batch_size = args.batch_size or settings.AB_BATCH_SIZE
