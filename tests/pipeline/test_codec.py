@@ -32,6 +32,7 @@ def test_an_item_decodes_to_the_column_values_it_was_encoded_from() -> None:
         "step_number": 3,
         "metadata": {"k": [1, 2]},
         "client_ts": client_ts,
+        "seq": 7,
     }
     item = queue.encode_event(sent, user_id=42, received_at=RECEIVED, event_time=event_time)
     expected = {**sent, "timestamp": RECEIVED, "user_id": 42, "event_time": event_time}
@@ -47,6 +48,7 @@ def test_an_event_without_an_id_gets_one_and_no_clock_fields() -> None:
     fields = queue.event_fields(queue.decode_event(item))
     assert isinstance(fields["event_id"], uuid.UUID)
     assert fields["client_ts"] is None and fields["event_time"] is None and fields["metadata"] == {}
+    assert fields["seq"] is None and b'"q"' not in item  # nothing to number: the item stays as before
 
 
 @pytest.mark.parametrize("item", [b"[1, 2]", b'"text"', b"{not json"])

@@ -98,6 +98,15 @@ class ABEvent(models.Model):
         help_text="Время события по часам сервера (client_ts с поправкой на сдвиг часов)",
     )
 
+    # Added for the event-loss guard (docs/report.md): the client's number of this event within its
+    # session (1 for the session's first event, then 2, 3, ...; abtrack.js sends it). Gaps in a
+    # session's numbers are events lost on the way. Null for clients that do not number events.
+    seq = models.IntegerField(
+        null=True,
+        blank=True,
+        help_text="Порядковый номер события в сессии (от клиента)",
+    )
+
     class Meta:
         db_table = "ab_events"
         ordering = ["-timestamp"]

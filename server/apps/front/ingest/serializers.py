@@ -57,6 +57,15 @@ class StrictUUIDField(serializers.UUIDField):
         return super().to_internal_value(data)
 
 
+class StrictIntegerField(serializers.IntegerField):
+    """An integer sent as a JSON integer only: not a boolean, a string or a float like ``3.0``."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if type(data) is not int:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 def check_json_value(value: Any, *, depth: int, max_depth: int, path: str = "metadata") -> None:
     """Reject what JSON in PostgreSQL cannot hold, or what we refuse to store.
 
@@ -102,6 +111,15 @@ class ABEventSerializer(serializers.ModelSerializer):
     metadata = serializers.JSONField(required=False)
     # When the browser recorded the event, on its own clock (see clocks.py).
     client_ts = ClientTimestampField(required=False, allow_null=True)
+    # The event's number within its session (event-loss guard); StrictIntegerField: no true/"3"/3.0.
+    seq = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=INT32_MAX,
+        help_text="This event's number within its session: 1 for the session's first event, then 2, 3, ...; "
+        "gaps in a session's numbers count as lost events (the report's event-loss guard).",
+    )
 
     class Meta:
         model = ABEvent
@@ -113,6 +131,7 @@ class ABEventSerializer(serializers.ModelSerializer):
             "step_number",
             "metadata",
             "client_ts",
+            "seq",
         ]
 
     def get_fields(self) -> dict[str, serializers.Field]:

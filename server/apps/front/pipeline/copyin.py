@@ -233,6 +233,7 @@ _FAST_COLUMNS = (
     ("event_id", "uuid"),
     ("client_ts", "timestamptz"),
     ("event_time", "timestamptz"),
+    ("seq", "integer"),
 )
 FAST = tuple((c.attname, c.staging_type) for c in COLUMNS) == _FAST_COLUMNS
 _MIN_MICROS = to_micros(datetime.min.replace(tzinfo=UTC))
@@ -301,5 +302,6 @@ def encode_item(payload: dict[str, Any]) -> tuple[str, bytes]:
             bytes.fromhex(event_id.replace("-", "")),
             _fast_optional_micros(payload.get("c")),
             _fast_optional_micros(payload.get("w")),
+            _fast_int4(payload.get("q")),
         )
     )

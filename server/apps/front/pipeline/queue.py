@@ -464,7 +464,8 @@ def encode_event(
 
     ``id`` is the event's idempotency key; ``t`` the receive time in epoch
     microseconds (exact, no float rounding). Optional, and absent from older
-    items: ``c`` the client's clock reading, ``w`` the corrected event time.
+    items: ``c`` the client's clock reading, ``w`` the corrected event time,
+    ``q`` the event's number within its session (``seq``).
     """
     event_id = validated.get("event_id") or uuid.uuid4()
     extra: dict[str, int] = {}
@@ -472,6 +473,8 @@ def encode_event(
         extra["c"] = to_micros(validated["client_ts"])
     if event_time is not None:
         extra["w"] = to_micros(event_time)
+    if validated.get("seq") is not None:
+        extra["q"] = validated["seq"]
     return orjson.dumps(
         {
             **extra,
@@ -516,6 +519,7 @@ def event_fields(payload: dict[str, Any]) -> dict[str, Any]:
         # Optional (items queued before these existed have neither).
         "client_ts": _optional_moment(payload, "c"),
         "event_time": _optional_moment(payload, "w"),
+        "seq": _optional_int(payload, "q"),
     }
 
 
