@@ -15,12 +15,23 @@ CREATE TABLE IF NOT EXISTS ab_report_funnel (
     PRIMARY KEY (status, variant, max_step, abandoned_step, min_step)
 );
 CREATE TABLE IF NOT EXISTS ab_report_step_values (
-    variant text NOT NULL, step integer NOT NULL, ms double precision NOT NULL, sessions bigint NOT NULL,
-    PRIMARY KEY (variant, step, ms)
+    step integer NOT NULL, bucket integer NOT NULL, ms double precision NOT NULL, variant text NOT NULL,
+    sessions bigint NOT NULL,
+    PRIMARY KEY (step, bucket, ms, variant)
+);
+CREATE TABLE IF NOT EXISTS ab_report_step_buckets (
+    variant text NOT NULL, step integer NOT NULL, bucket integer NOT NULL,
+    sessions bigint NOT NULL, sum_ms numeric NOT NULL,
+    PRIMARY KEY (variant, step, bucket)
 );
 CREATE TABLE IF NOT EXISTS ab_report_total_values (
-    variant text NOT NULL, total_ms double precision NOT NULL, sessions bigint NOT NULL,
-    PRIMARY KEY (variant, total_ms)
+    bucket integer NOT NULL, total_ms double precision NOT NULL, variant text NOT NULL, sessions bigint NOT NULL,
+    PRIMARY KEY (bucket, total_ms, variant)
+);
+CREATE TABLE IF NOT EXISTS ab_report_total_buckets (
+    variant text NOT NULL, bucket integer NOT NULL,
+    sessions bigint NOT NULL, sum_ms numeric NOT NULL, sum_sq numeric NOT NULL,
+    PRIMARY KEY (variant, bucket)
 );
 CREATE OR REPLACE FUNCTION ab_sessions_on_insert() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
@@ -121,7 +132,7 @@ END
 $body$;
 CREATE OR REPLACE FUNCTION ab_report_on_session_truncate() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
-    DELETE FROM ab_report_funnel; DELETE FROM ab_report_step_values; DELETE FROM ab_report_total_values;
+    DELETE FROM ab_report_funnel; DELETE FROM ab_report_step_values; DELETE FROM ab_report_step_buckets; DELETE FROM ab_report_total_values; DELETE FROM ab_report_total_buckets;
     RETURN NULL;
 END
 $body$;
@@ -138,25 +149,45 @@ BEGIN
         FROM new_sessions AS s) AS c GROUP BY 1, 2, 3, 4, 5) AS n) AS d
     GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0 ORDER BY status, variant, max_step, abandoned_step, min_step
     ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned;
-    INSERT INTO ab_report_step_values AS t (variant, step, ms, sessions)
-    SELECT variant, step, ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms,
-            count(*) AS sessions
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+    INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
+    SELECT step, bucket, ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
+            count(*) AS sessions FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
                      WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
         FROM new_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-            WHERE c.status = 'analysed' GROUP BY 1, 2, 3) AS n) AS d
-    GROUP BY variant, step, ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, step, ms
-    ON CONFLICT (variant, step, ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
-    INSERT INTO ab_report_total_values AS t (variant, total_ms, sessions)
-    SELECT variant, total_ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms,
-            count(*) AS sessions
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3, 4) AS n) AS d
+    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY step, bucket, ms, variant
+    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
+    SELECT variant, step, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
+            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3) AS n) AS d
+    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 ORDER BY variant, step, bucket
+    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms;
+    INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
+    SELECT bucket, total_ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
+            count(*) AS sessions FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
                      WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
         FROM new_sessions AS s) AS c
-            WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL GROUP BY 1, 2) AS n) AS d
-    GROUP BY variant, total_ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, total_ms
-    ON CONFLICT (variant, total_ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2, 3) AS n) AS d
+    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY bucket, total_ms, variant
+    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    INSERT INTO ab_report_total_buckets AS t (variant, bucket, sessions, sum_ms, sum_sq)
+    SELECT variant, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms, sum(sum_sq * sign) AS sum_sq FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
+            count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
+            FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s) AS c
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2) AS n) AS d
+    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0 ORDER BY variant, bucket
+    ON CONFLICT (variant, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms, sum_sq = t.sum_sq + EXCLUDED.sum_sq;
     RETURN NULL;
 END
 $body$;
@@ -180,36 +211,68 @@ BEGIN
         FROM old_sessions AS s) AS c GROUP BY 1, 2, 3, 4, 5) AS o) AS d
     GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0 ORDER BY status, variant, max_step, abandoned_step, min_step
     ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned;
-    INSERT INTO ab_report_step_values AS t (variant, step, ms, sessions)
-    SELECT variant, step, ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms,
-            count(*) AS sessions
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+    INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
+    SELECT step, bucket, ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
+            count(*) AS sessions FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
                      WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
         FROM new_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-            WHERE c.status = 'analysed' GROUP BY 1, 2, 3) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms,
-            count(*) AS sessions
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3, 4) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
+            count(*) AS sessions FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
                      WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
         FROM old_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-            WHERE c.status = 'analysed' GROUP BY 1, 2, 3) AS o) AS d
-    GROUP BY variant, step, ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, step, ms
-    ON CONFLICT (variant, step, ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
-    INSERT INTO ab_report_total_values AS t (variant, total_ms, sessions)
-    SELECT variant, total_ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms,
-            count(*) AS sessions
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3, 4) AS o) AS d
+    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY step, bucket, ms, variant
+    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
+    SELECT variant, step, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
+            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
+            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3) AS o) AS d
+    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 ORDER BY variant, step, bucket
+    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms;
+    INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
+    SELECT bucket, total_ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
+            count(*) AS sessions FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
                      WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
         FROM new_sessions AS s) AS c
-            WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL GROUP BY 1, 2) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms,
-            count(*) AS sessions
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2, 3) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
+            count(*) AS sessions FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
                      WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
         FROM old_sessions AS s) AS c
-            WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL GROUP BY 1, 2) AS o) AS d
-    GROUP BY variant, total_ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, total_ms
-    ON CONFLICT (variant, total_ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2, 3) AS o) AS d
+    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY bucket, total_ms, variant
+    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    INSERT INTO ab_report_total_buckets AS t (variant, bucket, sessions, sum_ms, sum_sq)
+    SELECT variant, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms, sum(sum_sq * sign) AS sum_sq FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
+            count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
+            FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s) AS c
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
+            count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
+            FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s) AS c
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2) AS o) AS d
+    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0 ORDER BY variant, bucket
+    ON CONFLICT (variant, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms, sum_sq = t.sum_sq + EXCLUDED.sum_sq;
     RETURN NULL;
 END
 $body$;
@@ -226,25 +289,45 @@ BEGIN
         FROM old_sessions AS s) AS c GROUP BY 1, 2, 3, 4, 5) AS o) AS d
     GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0 ORDER BY status, variant, max_step, abandoned_step, min_step
     ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned;
-    INSERT INTO ab_report_step_values AS t (variant, step, ms, sessions)
-    SELECT variant, step, ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, -1 AS sign FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms,
-            count(*) AS sessions
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+    INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
+    SELECT step, bucket, ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, -1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
+            count(*) AS sessions FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
                      WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
         FROM old_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-            WHERE c.status = 'analysed' GROUP BY 1, 2, 3) AS o) AS d
-    GROUP BY variant, step, ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, step, ms
-    ON CONFLICT (variant, step, ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
-    INSERT INTO ab_report_total_values AS t (variant, total_ms, sessions)
-    SELECT variant, total_ms, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, -1 AS sign FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms,
-            count(*) AS sessions
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3, 4) AS o) AS d
+    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY step, bucket, ms, variant
+    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
+    SELECT variant, step, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms FROM (SELECT *, -1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
+            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3) AS o) AS d
+    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 ORDER BY variant, step, bucket
+    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms;
+    INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
+    SELECT bucket, total_ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, -1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
+            count(*) AS sessions FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
                      WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
         FROM old_sessions AS s) AS c
-            WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL GROUP BY 1, 2) AS o) AS d
-    GROUP BY variant, total_ms HAVING sum(sessions * sign) <> 0 ORDER BY variant, total_ms
-    ON CONFLICT (variant, total_ms) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2, 3) AS o) AS d
+    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY bucket, total_ms, variant
+    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+    INSERT INTO ab_report_total_buckets AS t (variant, bucket, sessions, sum_ms, sum_sq)
+    SELECT variant, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms, sum(sum_sq * sign) AS sum_sq FROM (SELECT *, -1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
+            count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
+            FROM (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s) AS c
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2) AS o) AS d
+    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0 ORDER BY variant, bucket
+    ON CONFLICT (variant, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms, sum_sq = t.sum_sq + EXCLUDED.sum_sq;
     RETURN NULL;
 END
 $body$;
@@ -270,7 +353,8 @@ CREATE TRIGGER ab_events_rollup_truncate AFTER TRUNCATE ON ab_events
 '''
 
 UNINSTALL_SQL = r'''
-DROP TABLE IF EXISTS ab_report_funnel, ab_report_step_values, ab_report_total_values;
+DROP TABLE IF EXISTS ab_report_funnel, ab_report_step_values, ab_report_step_buckets, ab_report_total_values,
+    ab_report_total_buckets;
 DROP FUNCTION IF EXISTS ab_report_on_session_insert() CASCADE;
 DROP FUNCTION IF EXISTS ab_report_on_session_update() CASCADE;
 DROP FUNCTION IF EXISTS ab_report_on_session_delete() CASCADE;

@@ -75,59 +75,157 @@ SESSIONS_FROM_EVENTS = (
     f"SELECT {_SESSION_COLUMNS} FROM ({rollup.session_rows_sql('ab_events')}) AS folded WHERE {_IN_RANGE}"
 )
 
-def _cells_from_sessions(sessions: str) -> str:
-    """The report's cells (rollup.cells_sql) computed on the fly from the sessions that ``sessions`` selects."""
-    cells = rollup.cells_sql("sessions")
-    return f"""sessions AS MATERIALIZED ({sessions}),
-funnel_cells AS MATERIALIZED ({cells["ab_report_funnel"]}),
-step_values AS MATERIALIZED ({cells["ab_report_step_values"]}),
-total_values AS MATERIALIZED ({cells["ab_report_total_values"]})"""
+_OUTPUT = """SELECT json_build_object(
+    'funnel', (SELECT coalesce(json_agg(funnel), '[]'::json) FROM funnel),
+    'steps', (SELECT coalesce(json_agg(step_stats ORDER BY variant, step), '[]'::json) FROM step_stats),
+    'totals', (SELECT coalesce(json_agg(total_stats ORDER BY variant), '[]'::json) FROM total_stats)
+)"""
+
+# The standard deviation as PostgreSQL's stddev_samp computes it for numeric, written out so that both
+# statements below use one formula: sqrt((n*S2 - S1^2) / (n*(n-1))), 0 when the numerator is not positive.
+# Sums are rounded to a fixed scale first: two equal exact sums can carry different display scales (trailing
+# zeros) depending on how they were added up, and numeric division and sqrt pick their precision from that.
+_SD = """CASE WHEN {n} > 1 THEN sqrt(greatest({n} * round({s2}, 30) - round({s1}, 30) * round({s1}, 30), 0)
+    / ({n} * ({n} - 1)))::double precision END"""
 
 
-# The all-time report reads the cells the triggers keep: a few thousand rows, whatever the number of events.
-CELLS_KEPT = """funnel_cells AS (SELECT * FROM ab_report_funnel WHERE sessions <> 0),
-step_values AS (SELECT * FROM ab_report_step_values WHERE sessions <> 0),
-total_values AS (SELECT * FROM ab_report_total_values WHERE sessions <> 0)"""
+def _sd(n: str, s1: str, s2: str) -> str:
+    return _SD.format(n=n, s1=s1, s2=s2)
 
 
-def _ranked(values: str, group: str, value: str) -> str:
-    """A histogram in rank order: ranks ``before`` .. ``before + sessions - 1`` (0-based) hold ``value``."""
-    return f"""SELECT {group}, {value} AS value, sessions,
-        sum(sessions) OVER (PARTITION BY {group} ORDER BY {value}) - sessions AS before,
-        sum(sessions) OVER (PARTITION BY {group}) AS n
-    FROM {values}"""
+def _mean(total: str, n: str) -> str:
+    """An exact numeric sum over a count, as double precision (the scale fixed, see _SD)."""
+    return f"(round({total}, 30) / {n})::double precision"
 
 
-def _percentiles(ranked: str, group: str, ps: tuple[float, ...]) -> str:
-    """percentile_cont(p) per group from a ranked histogram, as PostgreSQL computes it.
-
-    The same two ranks (floor and ceil of p * (n - 1)) and the same float8 interpolation
-    ``lo + frac * (hi - lo)`` as percentile_cont's final function, so the figures are those of
-    ``percentile_cont(p) WITHIN GROUP (ORDER BY value)`` over the sessions the histogram counts.
-    """
-    keys = [k.strip() for k in group.split(",")]
-    on = " AND ".join(f"r.{k} = w.{k}" for k in keys)
-    wanted_group = ", ".join(f"w.{k}" for k in keys)
-    values = ", ".join(f"({p!r}::double precision)" for p in ps)
-    return f"""SELECT {wanted_group}, w.p,
-        min(r.value) FILTER (WHERE r.before <= w.lo AND w.lo < r.before + r.sessions)
-        + w.frac * (min(r.value) FILTER (WHERE r.before <= w.hi AND w.hi < r.before + r.sessions)
-                    - min(r.value) FILTER (WHERE r.before <= w.lo AND w.lo < r.before + r.sessions)) AS value
-    FROM (
-        SELECT g.*, p.p, floor(p.p * (g.n - 1)::double precision) AS lo, ceil(p.p * (g.n - 1)::double precision) AS hi,
-            p.p * (g.n - 1)::double precision - floor(p.p * (g.n - 1)::double precision) AS frac
-        FROM (SELECT DISTINCT {group}, n FROM {ranked}) AS g CROSS JOIN (VALUES {values}) AS p (p)
-    ) AS w JOIN {ranked} AS r ON {on} AND r.before <= w.hi AND w.lo < r.before + r.sessions
-    GROUP BY {wanted_group}, w.p, w.frac"""
-
-
-# Everything below reads only the cells: counts per (status, variant, furthest step, abandon step, first
-# step), and histograms {time: sessions} per (variant, step) and per variant for the time to complete.
-# Means and the standard deviation are exact numeric sums over the histograms, so the figures do not
-# depend on the order in which rows are read.
-AGGREGATES_SQL = f"""
-WITH {{cells}},
+# The report from session rows (a date range over ab_sessions, or the full-scan reference): fold the selected
+# sessions, sort their times for the percentiles (percentile_cont), sum in numeric (exact, so the result does
+# not depend on the order rows are read in). Cost: proportional to the sessions selected.
+SESSIONS_AGGREGATES_SQL = f"""
+WITH sessions AS MATERIALIZED ({{sessions}}),
+classified AS MATERIALIZED ({rollup.classified_sql("sessions")}),
 funnel AS (
+    SELECT status, variant, max_step, abandoned_step,
+        GROUPING(max_step, abandoned_step) AS level,
+        count(*) AS sessions,
+        sum(events)::bigint AS events,
+        count(*) FILTER (WHERE started) AS started,
+        count(*) FILTER (WHERE completed) AS completed,
+        count(*) FILTER (WHERE abandoned) AS abandoned,
+        min(min_step) AS first_step
+    FROM classified
+    GROUP BY GROUPING SETS ((status, variant), (status, variant, max_step), (status, variant, abandoned_step))
+),
+step_times AS MATERIALIZED ({rollup.step_times_sql("sessions")}),
+step_caps AS MATERIALIZED (
+    SELECT step, percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS cap FROM step_times GROUP BY step
+),
+step_stats AS (
+    SELECT t.variant, t.step, count(*) AS sessions,
+        {_mean("sum(least(t.ms, c.cap)::numeric)", "count(*)")} AS mean_ms,
+        {_mean("sum(t.ms::numeric)", "count(*)")} AS mean_raw_ms,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY t.ms) AS median_ms,
+        percentile_cont(0.9) WITHIN GROUP (ORDER BY t.ms) AS p90_ms,
+        max(c.cap) AS cap_ms
+    FROM step_times t JOIN step_caps c USING (step)
+    GROUP BY t.variant, t.step
+),
+totals AS MATERIALIZED ({rollup.total_times_sql("sessions")}),
+total_cap AS MATERIALIZED (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY total_ms) AS cap FROM totals),
+total_sums AS (
+    SELECT t.variant, count(*) AS n,
+        sum(least(t.total_ms, c.cap)::numeric) AS s1,
+        sum(least(t.total_ms, c.cap)::numeric * least(t.total_ms, c.cap)::numeric) AS s2,
+        sum(t.total_ms::numeric) AS raw,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY t.total_ms) AS median_ms,
+        percentile_cont(0.9) WITHIN GROUP (ORDER BY t.total_ms) AS p90_ms,
+        max(c.cap) AS cap
+    FROM totals t CROSS JOIN total_cap c
+    GROUP BY t.variant
+),
+total_stats AS (
+    SELECT variant, n AS sessions, {_mean("s1", "n")} AS mean_ms, {_sd("n", "s1", "s2")} AS sd_ms,
+        {_mean("raw", "n")} AS mean_raw_ms, median_ms, p90_ms, cap AS cap_ms
+    FROM total_sums
+)
+{_OUTPUT}
+"""
+
+
+def _percentiles(buckets: str, group: tuple[str, ...], ps: tuple[float, ...], values: str) -> str:
+    """percentile_cont(p) per group from a two-level histogram, exactly as PostgreSQL computes it.
+
+    ``buckets`` has the group columns, ``bucket`` and ``sessions``; ``values`` is a subquery giving
+    (value, sessions) of one bucket, correlated on ``b`` (that bucket's row). The same two ranks
+    (floor and ceil of p * (n - 1), 0-based) and the same float8 interpolation ``lo + frac * (hi - lo)`` as
+    percentile_cont's final function; each rank finds its bucket by the buckets' running counts, then
+    its value among that bucket's values only.
+    """
+    g = ", ".join(group)
+    on = " AND ".join(f"b.{k} = r.{k}" for k in group)
+    pick = "min(x.value) FILTER (WHERE x.which = {0})"
+    lo, hi = pick.format(0), pick.format(1)
+    values_list = ", ".join(f"({p!r}::double precision)" for p in ps)
+    h = "p.p * (t.n - 1)::double precision"
+    return f"""SELECT {", ".join(f"x.{k}" for k in group)}, x.p, {lo} + x.frac * ({hi} - {lo}) AS value
+    FROM (
+        SELECT {", ".join(f"r.{k}" for k in group)}, r.p, r.frac, r.which,
+            (SELECT f.value FROM (
+                SELECT v.value, sum(v.sessions) OVER (ORDER BY v.value) AS upto FROM ({values}) AS v
+             ) AS f WHERE f.upto > r.rank - b.before ORDER BY f.value LIMIT 1) AS value
+        FROM (
+            SELECT w.*, k.which, CASE k.which WHEN 0 THEN w.lo ELSE w.hi END AS rank
+            FROM (
+                SELECT t.*, p.p, floor({h}) AS lo, ceil({h}) AS hi, {h} - floor({h}) AS frac
+                FROM (SELECT {g}, sum(sessions) AS n FROM {buckets} GROUP BY {g}) AS t
+                CROSS JOIN (VALUES {values_list}) AS p (p)
+            ) AS w CROSS JOIN (VALUES (0), (1)) AS k (which)
+        ) AS r
+        JOIN (
+            SELECT {g}, bucket, sessions,
+                sum(sessions) OVER (PARTITION BY {g} ORDER BY bucket) - sessions AS before
+            FROM {buckets}
+        ) AS b ON {on} AND b.before <= r.rank AND r.rank < b.before + b.sessions
+    ) AS x
+    GROUP BY {", ".join(f"x.{k}" for k in group)}, x.p, x.frac"""
+
+
+_STEP_PCTS = _percentiles(
+    "step_bk",
+    ("variant", "step"),
+    (0.5, 0.9),
+    "SELECT ms AS value, sessions FROM ab_report_step_values "
+    "WHERE step = b.step AND bucket = b.bucket AND variant = b.variant AND sessions <> 0",
+)
+_STEP_CAPS = _percentiles(
+    "(SELECT step, bucket, sum(sessions) AS sessions FROM step_bk GROUP BY step, bucket) AS pooled",
+    ("step",),
+    (0.99,),
+    "SELECT ms AS value, sum(sessions) AS sessions FROM ab_report_step_values "
+    "WHERE step = b.step AND bucket = b.bucket GROUP BY ms HAVING sum(sessions) <> 0",
+)
+_TOTAL_PCTS = _percentiles(
+    "total_bk",
+    ("variant",),
+    (0.5, 0.9),
+    "SELECT total_ms AS value, sessions FROM ab_report_total_values "
+    "WHERE bucket = b.bucket AND variant = b.variant AND sessions <> 0",
+)
+_TOTAL_CAP = _percentiles(
+    "(SELECT 1 AS pool, bucket, sum(sessions) AS sessions FROM total_bk GROUP BY bucket) AS pooled",
+    ("pool",),
+    (0.99,),
+    "SELECT total_ms AS value, sum(sessions) AS sessions FROM ab_report_total_values "
+    "WHERE bucket = b.bucket GROUP BY total_ms HAVING sum(sessions) <> 0",
+)
+
+# The all-time report from the cells the triggers keep (rollup.py): funnel counts, and two-level
+# histograms of the step times and of the times to complete. It reads a few thousand rows whatever the
+# number of events: the buckets' counts and sums, plus the values of the few buckets a percentile or a cap
+# falls in (index ranges). Same figures as SESSIONS_AGGREGATES_SQL over all sessions, to the last digit:
+# exact numeric sums split at the cap's bucket, percentile_cont's own interpolation.
+CELLS_AGGREGATES_SQL = f"""
+WITH funnel AS (
     SELECT status, variant, max_step, abandoned_step,
         GROUPING(max_step, abandoned_step) AS level,
         sum(sessions)::bigint AS sessions,
@@ -140,76 +238,81 @@ funnel AS (
         SELECT status, NULLIF(variant, '') AS variant, NULLIF(max_step, -1) AS max_step,
             NULLIF(abandoned_step, -1) AS abandoned_step, NULLIF(min_step, -1) AS min_step,
             sessions, events, started, completed, abandoned
-        FROM funnel_cells
+        FROM ab_report_funnel WHERE sessions <> 0
     ) AS c
     GROUP BY GROUPING SETS ((status, variant), (status, variant, max_step), (status, variant, abandoned_step))
 ),
-step_ranked AS MATERIALIZED ({_ranked("step_values", "variant, step", "ms")}),
-pooled_ranked AS MATERIALIZED ({
-    _ranked("(SELECT step, ms, sum(sessions) AS sessions FROM step_values GROUP BY step, ms) AS p", "step", "ms")
-}),
+step_bk AS MATERIALIZED (SELECT * FROM ab_report_step_buckets WHERE sessions <> 0),
 step_caps AS MATERIALIZED (
-    SELECT step, value AS cap FROM ({_percentiles("pooled_ranked", "step", (0.99,))}) AS q
+    SELECT step, value AS cap, {rollup.bucket_sql("value")} AS cap_bucket FROM ({_STEP_CAPS}) AS q
 ),
-step_pcts AS MATERIALIZED ({_percentiles("step_ranked", "variant, step", (0.5, 0.9))}),
+step_pcts AS MATERIALIZED ({_STEP_PCTS}),
+step_cap_bucket AS (
+    SELECT v.variant, v.step, sum(least(v.ms, c.cap)::numeric * v.sessions) AS capped
+    FROM step_caps c JOIN ab_report_step_values v ON v.step = c.step AND v.bucket = c.cap_bucket
+    GROUP BY v.variant, v.step
+),
 step_stats AS (
-    SELECT t.variant, t.step, sum(t.sessions)::bigint AS sessions,
-        (sum(least(t.value, c.cap)::numeric * t.sessions) / sum(t.sessions))::double precision AS mean_ms,
-        (sum(t.value::numeric * t.sessions) / sum(t.sessions))::double precision AS mean_raw_ms,
+    SELECT b.variant, b.step, sum(b.sessions)::bigint AS sessions,
+        {_mean(
+            "coalesce(sum(b.sum_ms) FILTER (WHERE b.bucket < c.cap_bucket), 0) + coalesce(max(f.capped), 0)"
+            " + c.cap::numeric * coalesce(sum(b.sessions) FILTER (WHERE b.bucket > c.cap_bucket), 0)",
+            "sum(b.sessions)",
+        )} AS mean_ms,
+        {_mean("sum(b.sum_ms)", "sum(b.sessions)")} AS mean_raw_ms,
         max(m.value) AS median_ms,
         max(q.value) AS p90_ms,
-        max(c.cap) AS cap_ms
-    FROM step_ranked t JOIN step_caps c USING (step)
-    JOIN step_pcts m ON m.variant = t.variant AND m.step = t.step AND m.p = 0.5
-    JOIN step_pcts q ON q.variant = t.variant AND q.step = t.step AND q.p = 0.9
-    GROUP BY t.variant, t.step
+        c.cap AS cap_ms
+    FROM step_bk b JOIN step_caps c USING (step)
+    LEFT JOIN step_cap_bucket f ON f.variant = b.variant AND f.step = b.step
+    JOIN step_pcts m ON m.variant = b.variant AND m.step = b.step AND m.p = 0.5
+    JOIN step_pcts q ON q.variant = b.variant AND q.step = b.step AND q.p = 0.9
+    GROUP BY b.variant, b.step, c.cap
 ),
-total_ranked AS MATERIALIZED ({_ranked("total_values", "variant", "total_ms")}),
-total_pooled AS MATERIALIZED ({
-    _ranked("(SELECT 1 AS pool, total_ms, sum(sessions) AS sessions FROM total_values GROUP BY total_ms) AS p",
-            "pool", "total_ms")
-}),
-total_cap AS MATERIALIZED (SELECT value AS cap FROM ({_percentiles("total_pooled", "pool", (0.99,))}) AS q),
-total_pcts AS MATERIALIZED ({_percentiles("total_ranked", "variant", (0.5, 0.9))}),
+total_bk AS MATERIALIZED (SELECT * FROM ab_report_total_buckets WHERE sessions <> 0),
+total_cap AS MATERIALIZED (
+    SELECT value AS cap, {rollup.bucket_sql("value")} AS cap_bucket FROM ({_TOTAL_CAP}) AS q
+),
+total_pcts AS MATERIALIZED ({_TOTAL_PCTS}),
+total_cap_bucket AS (
+    SELECT v.variant,
+        sum(least(v.total_ms, c.cap)::numeric * v.sessions) AS s1,
+        sum(least(v.total_ms, c.cap)::numeric * least(v.total_ms, c.cap)::numeric * v.sessions) AS s2
+    FROM total_cap c JOIN ab_report_total_values v ON v.bucket = c.cap_bucket
+    GROUP BY v.variant
+),
 total_sums AS (
-    SELECT t.variant, sum(t.sessions) AS n,
-        sum(least(t.value, c.cap)::numeric * t.sessions) AS s1,
-        sum(least(t.value, c.cap)::numeric ^ 2 * t.sessions) AS s2,
-        sum(t.value::numeric * t.sessions) AS raw,
-        max(c.cap) AS cap
-    FROM total_ranked t CROSS JOIN total_cap c
-    GROUP BY t.variant
+    SELECT b.variant, sum(b.sessions) AS n,
+        coalesce(sum(b.sum_ms) FILTER (WHERE b.bucket < c.cap_bucket), 0) + coalesce(max(f.s1), 0)
+            + c.cap::numeric * coalesce(sum(b.sessions) FILTER (WHERE b.bucket > c.cap_bucket), 0) AS s1,
+        coalesce(sum(b.sum_sq) FILTER (WHERE b.bucket < c.cap_bucket), 0) + coalesce(max(f.s2), 0)
+            + c.cap::numeric * c.cap::numeric * coalesce(sum(b.sessions) FILTER (WHERE b.bucket > c.cap_bucket), 0)
+            AS s2,
+        sum(b.sum_ms) AS raw,
+        c.cap
+    FROM total_bk b CROSS JOIN total_cap c LEFT JOIN total_cap_bucket f USING (variant)
+    GROUP BY b.variant, c.cap
 ),
 total_stats AS (
-    SELECT s.variant, s.n::bigint AS sessions,
-        (s.s1 / s.n)::double precision AS mean_ms,
-        -- stddev_samp as PostgreSQL computes it for numeric: sqrt((n*S2 - S1^2) / (n*(n-1))), 0 if negative.
-        CASE WHEN s.n > 1 THEN sqrt(greatest(s.n * s.s2 - s.s1 * s.s1, 0) / (s.n * (s.n - 1)))::double precision
-        END AS sd_ms,
-        (s.raw / s.n)::double precision AS mean_raw_ms,
-        m.value AS median_ms,
-        q.value AS p90_ms,
-        s.cap AS cap_ms
+    SELECT s.variant, s.n::bigint AS sessions, {_mean("s.s1", "s.n")} AS mean_ms,
+        {_sd("s.n", "s.s1", "s.s2")} AS sd_ms,
+        {_mean("s.raw", "s.n")} AS mean_raw_ms, m.value AS median_ms, q.value AS p90_ms, s.cap AS cap_ms
     FROM total_sums s
     JOIN total_pcts m ON m.variant = s.variant AND m.p = 0.5
     JOIN total_pcts q ON q.variant = s.variant AND q.p = 0.9
 )
-SELECT json_build_object(
-    'funnel', (SELECT coalesce(json_agg(funnel), '[]'::json) FROM funnel),
-    'steps', (SELECT coalesce(json_agg(step_stats ORDER BY variant, step), '[]'::json) FROM step_stats),
-    'totals', (SELECT coalesce(json_agg(total_stats ORDER BY variant), '[]'::json) FROM total_stats)
-)
+{_OUTPUT}
 """
 
 SOURCES = {"rollup": SESSIONS_FROM_ROLLUP, "events": SESSIONS_FROM_EVENTS}
 
 
 def aggregates_sql(since: datetime | None, until: datetime | None, source: str) -> str:
-    """The statement for a report: the kept cells for the all-time report from the rollup, else cells
-    computed from the selected sessions (of the rollup, or folded from every event)."""
+    """The statement for a report: the kept cells for the all-time report from the rollup; else the
+    selected sessions (of the rollup by their entry time, or folded from every event: the reference)."""
     if source == "rollup" and since is None and until is None:
-        return AGGREGATES_SQL.replace("{cells}", CELLS_KEPT)
-    return AGGREGATES_SQL.replace("{cells}", _cells_from_sessions(SOURCES[source]))
+        return CELLS_AGGREGATES_SQL
+    return SESSIONS_AGGREGATES_SQL.replace("{sessions}", SOURCES[source])
 
 
 # --- options -----------------------------------------------------------------------

@@ -190,14 +190,26 @@ def replace_sql(source: str) -> str:
 
 FUNNEL_KEY = ("status", "variant", "max_step", "abandoned_step", "min_step")
 FUNNEL_SUMS = ("sessions", "events", "started", "completed", "abandoned")
+# Times are kept twice: every distinct value with its number of sessions (``*_values``), and coarse
+# buckets of about 5% width with their counts and exact sums (``*_buckets``). A percentile then finds its
+# bucket among a few hundred and reads that bucket's values only (an index range); a capped mean or a
+# standard deviation adds whole buckets' sums and reads the values of the one bucket the cap falls in.
 CELL_TABLES = {
     "ab_report_funnel": (FUNNEL_KEY, FUNNEL_SUMS),
-    "ab_report_step_values": (("variant", "step", "ms"), ("sessions",)),
-    "ab_report_total_values": (("variant", "total_ms"), ("sessions",)),
+    "ab_report_step_values": (("step", "bucket", "ms", "variant"), ("sessions",)),
+    "ab_report_step_buckets": (("variant", "step", "bucket"), ("sessions", "sum_ms")),
+    "ab_report_total_values": (("bucket", "total_ms", "variant"), ("sessions",)),
+    "ab_report_total_buckets": (("variant", "bucket"), ("sessions", "sum_ms", "sum_sq")),
 }
 # NULL is not a key value a unique constraint can match: the cells store '' for no variant and -1 for no
 # step (steps are >= 0, the serializer's rule); build.py turns them back into NULL.
 NO_VARIANT, NO_STEP = "''", -1
+
+
+def bucket_sql(ms: str) -> str:
+    """A time's bucket (monotonic in the time, about 5% wide); build.py uses the same expression."""
+    return f"floor(ln({ms} + 1) * 20)::integer"
+
 
 CELLS_DDL = f"""
 CREATE TABLE IF NOT EXISTS ab_report_funnel (
@@ -208,12 +220,23 @@ CREATE TABLE IF NOT EXISTS ab_report_funnel (
     PRIMARY KEY ({", ".join(FUNNEL_KEY)})
 );
 CREATE TABLE IF NOT EXISTS ab_report_step_values (
-    variant text NOT NULL, step integer NOT NULL, ms double precision NOT NULL, sessions bigint NOT NULL,
-    PRIMARY KEY (variant, step, ms)
+    step integer NOT NULL, bucket integer NOT NULL, ms double precision NOT NULL, variant text NOT NULL,
+    sessions bigint NOT NULL,
+    PRIMARY KEY (step, bucket, ms, variant)
+);
+CREATE TABLE IF NOT EXISTS ab_report_step_buckets (
+    variant text NOT NULL, step integer NOT NULL, bucket integer NOT NULL,
+    sessions bigint NOT NULL, sum_ms numeric NOT NULL,
+    PRIMARY KEY (variant, step, bucket)
 );
 CREATE TABLE IF NOT EXISTS ab_report_total_values (
-    variant text NOT NULL, total_ms double precision NOT NULL, sessions bigint NOT NULL,
-    PRIMARY KEY (variant, total_ms)
+    bucket integer NOT NULL, total_ms double precision NOT NULL, variant text NOT NULL, sessions bigint NOT NULL,
+    PRIMARY KEY (bucket, total_ms, variant)
+);
+CREATE TABLE IF NOT EXISTS ab_report_total_buckets (
+    variant text NOT NULL, bucket integer NOT NULL,
+    sessions bigint NOT NULL, sum_ms numeric NOT NULL, sum_sq numeric NOT NULL,
+    PRIMARY KEY (variant, bucket)
 );
 """
 
@@ -225,26 +248,41 @@ def classified_sql(source: str) -> str:
         FROM {source} AS s"""
 
 
+def step_times_sql(source: str) -> str:
+    """(variant, step, ms) of every analysed session's timed step."""
+    return f"""SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM ({classified_sql(source)}) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+        WHERE c.status = 'analysed'"""
+
+
+def total_times_sql(source: str) -> str:
+    """(variant, total_ms) of every analysed completed session with step times: the sum of its step times
+    (exact in numeric, so it does not depend on the order of the steps)."""
+    return f"""SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM ({classified_sql(source)}) AS c
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL"""
+
+
 def cells_sql(source: str) -> dict[str, str]:
     """Per cell table: the SELECT of its rows (key columns, then sums) over ab_sessions-shaped rows."""
-    rows = classified_sql(source)
+    steps, totals = step_times_sql(source), total_times_sql(source)
     return {
         "ab_report_funnel": f"""SELECT c.status, coalesce(c.variant, {NO_VARIANT}) AS variant,
             coalesce(c.max_step, {NO_STEP}) AS max_step, coalesce(c.abandoned_step, {NO_STEP}) AS abandoned_step,
             coalesce(c.min_step, {NO_STEP}) AS min_step,
             count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
             count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
-            FROM ({rows}) AS c GROUP BY 1, 2, 3, 4, 5""",
-        "ab_report_step_values": f"""SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms,
-            count(*) AS sessions
-            FROM ({rows}) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-            WHERE c.status = 'analysed' GROUP BY 1, 2, 3""",
-        # A completed session's time to complete: the sum of its step times (exact in numeric).
-        "ab_report_total_values": f"""SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms,
-            count(*) AS sessions
-            FROM ({rows}) AS c
-            WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL GROUP BY 1, 2""",
+            FROM ({classified_sql(source)}) AS c GROUP BY 1, 2, 3, 4, 5""",
+        "ab_report_step_values": f"""SELECT t.step, {bucket_sql("t.ms")} AS bucket, t.ms, t.variant,
+            count(*) AS sessions FROM ({steps}) AS t GROUP BY 1, 2, 3, 4""",
+        "ab_report_step_buckets": f"""SELECT t.variant, t.step, {bucket_sql("t.ms")} AS bucket,
+            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM ({steps}) AS t GROUP BY 1, 2, 3""",
+        "ab_report_total_values": f"""SELECT {bucket_sql("t.total_ms")} AS bucket, t.total_ms, t.variant,
+            count(*) AS sessions FROM ({totals}) AS t GROUP BY 1, 2, 3""",
+        "ab_report_total_buckets": f"""SELECT t.variant, {bucket_sql("t.total_ms")} AS bucket,
+            count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
+            FROM ({totals}) AS t GROUP BY 1, 2""",
     }
 
 
@@ -258,7 +296,9 @@ def _apply_cells_sql(new: str | None, old: str | None) -> str:
         if old:
             parts.append(f"SELECT *, -1 AS sign FROM ({cells_sql(old)[table]}) AS o")
         key = ", ".join(keys)
-        totals = ", ".join(f"sum({c} * sign)::bigint AS {c}" for c in sums)
+        totals = ", ".join(
+            f"sum({c} * sign)" + ("" if c.startswith("sum_") else "::bigint") + f" AS {c}" for c in sums
+        )
         nonzero = " OR ".join(f"sum({c} * sign) <> 0" for c in sums)
         updates = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in sums)
         statements.append(
@@ -385,7 +425,8 @@ CREATE TRIGGER ab_events_rollup_truncate AFTER TRUNCATE ON ab_events
 
 
 UNINSTALL_SQL = f"""
-DROP TABLE IF EXISTS ab_report_funnel, ab_report_step_values, ab_report_total_values;
+DROP TABLE IF EXISTS ab_report_funnel, ab_report_step_values, ab_report_step_buckets, ab_report_total_values,
+    ab_report_total_buckets;
 DROP FUNCTION IF EXISTS ab_report_on_session_insert() CASCADE;
 DROP FUNCTION IF EXISTS ab_report_on_session_update() CASCADE;
 DROP FUNCTION IF EXISTS ab_report_on_session_delete() CASCADE;
