@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from server.apps.front.experiment import VALID_EVENT_TYPES
+from server.apps.front.experiment import EVENT_TYPE_NAMES
 from server.apps.front.models import ABEvent
 from server.apps.front.pipeline import queue
 from server.apps.front.pipeline.writer import drain
@@ -155,7 +155,7 @@ def near_valid_events(draw: st.DrawFn) -> dict[str, Any]:
         "event_id": str(draw(st.uuids())),
         "session_id": draw(st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=40)),
         "variant": draw(st.sampled_from(["fast", "deep"])),
-        "event_type": draw(st.sampled_from(VALID_EVENT_TYPES)),
+        "event_type": draw(st.sampled_from(EVENT_TYPE_NAMES)),
     }
     if draw(st.booleans()):
         event["step_number"] = draw(st.integers(min_value=0, max_value=1000))
