@@ -1,10 +1,13 @@
 """The batch writer: claimed events from Redis into ``ab_events``.
 
-A claimed batch is written with one ``bulk_create`` in one transaction and
-acknowledged in Redis only after the commit, so a crash anywhere leaves the
-batch in flight, and the reaper gives it to the next drain. Writes are
-idempotent (unique ``event_id`` + ``ignore_conflicts``), so a batch written
-twice stores each event once. The key is global: an event_id already stored
+A claimed batch is written in one transaction, one binary ``COPY`` into a
+temporary staging table and one ``INSERT INTO ab_events SELECT ... ON
+CONFLICT DO NOTHING RETURNING event_id`` (the wire format is copyin.py's),
+and acknowledged in Redis only after the commit, so a crash anywhere leaves
+the batch in flight, and the reaper gives it to the next drain. Writes are
+idempotent (unique ``event_id``; the INSERT skips what is stored), so a batch
+written twice stores each event once, and RETURNING tells which rows are new.
+The key is global: an event_id already stored
 for a *different* event (another session, another payload: a client reusing
 ids) is not a redelivery but a conflict, counted
 (``abflow_event_id_conflicts_total``) and dead-lettered, never dropped
@@ -14,9 +17,10 @@ Two kinds of failure are told apart:
 
 * the *data* is bad: an item that cannot be decoded or built into a row (any
   exception, e.g. bad JSON, a missing key, a wrong type, a time outside the
-  years 1-9999) is dead-lettered alone with its reason before the write; a
-  row PostgreSQL (or the driver) refuses makes the batch bisect under
-  savepoints until the bad events are isolated. Either way they go to the
+  years 1-9999, a value COPY cannot carry) is dead-lettered alone with its
+  reason before the write; a row PostgreSQL refuses fails its whole COPY or
+  INSERT, so the batch bisects under savepoints (smaller COPYs) until the bad
+  events are isolated, each with the database's message. Either way they go to the
   dead-letter list with the error and their batch-mates land in the same
   drain;
 * the *database* is unavailable (connection refused, timeout, a statement
