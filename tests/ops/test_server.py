@@ -47,7 +47,13 @@ def test_settings_come_from_the_environment():
 
 @pytest.mark.parametrize(
     "env",
-    [{"WEB_HEADER_TIMEOUT": "0"}, {"WEB_HEADER_TIMEOUT": "61"}, {"WEB_THREADS": "0"}, {"WEB_BIND": "nohost"}],
+    [
+        {"WEB_HEADER_TIMEOUT": "0"},
+        {"WEB_HEADER_TIMEOUT": "61"},
+        {"WEB_THREADS": "0"},
+        {"WEB_THREADS": "four"},
+        {"WEB_BIND": "nohost"},
+    ],
 )
 def test_settings_refuse_unbounded_or_malformed_values(env):
     with pytest.raises(ValueError):
