@@ -5,9 +5,9 @@
 Why granian, and why this shape (figures in docs/performance.md, limits in docs/operations.md):
 
 * **Throughput.** HTTP parsing, keep-alive and the socket writes run in Rust,
-  outside the GIL; Python only runs the application. On 2 cores it serves the
-  single-event endpoint with fewer CPU cycles per request than gunicorn's
-  gthread workers (``bench/bench_servers.py``).
+  outside the GIL; Python only runs the application. On 2 cores it served the
+  single-event endpoint at 1.2-1.6x the requests/s of gunicorn's gthread
+  workers in the same rounds (``bench/bench_servers.py``).
 * **Slow clients cannot starve the application threads.** A request reaches
   a Python thread only once it is complete:
 
