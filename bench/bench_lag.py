@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_lag.py [--rate 1000] [--seconds 30]
 
-The real stack (gunicorn, Celery worker, beat every AB_FLUSH_INTERVAL s) takes
+The real stack (the shipped web server, Celery worker, beat every AB_FLUSH_INTERVAL s) takes
 a paced wrk load; a poller reads new rows every 50 ms and records, per row,
 ``clock_timestamp() - timestamp``: the time from the server receiving the
 event to its commit being visible (an upper bound by at most one poll).
@@ -67,7 +67,7 @@ def calibrate_delay(web: str, connections: int, rate: float) -> float:
     """wrk paces by a delay between a connection's requests; find the one that gives ``rate``.
 
     A connection's cycle is its delay plus the request's own time (with
-    reconnects, as gunicorn's sync workers close each connection), so the
+    reconnects, where a server closes each connection), so the
     delay is corrected from short trial runs.
     """
     import json

@@ -5,9 +5,9 @@
 Why granian, and why this shape (figures in docs/performance.md, limits in docs/operations.md):
 
 * **Throughput.** HTTP parsing, keep-alive and the socket writes run in Rust,
-  outside the GIL; Python only runs the application. On 2 cores it serves the
-  single-event endpoint with fewer CPU cycles per request than gunicorn's
-  gthread workers (``bench/bench_servers.py``).
+  outside the GIL; Python only runs the application. On 2 cores it served the
+  single-event endpoint at 1.2-1.6x the requests/s of gunicorn's gthread
+  workers in the same rounds (``bench/bench_servers.py``).
 * **Slow clients cannot starve the application threads.** A request reaches
   a Python thread only once it is complete:
 
@@ -37,6 +37,7 @@ seconds), then exit; SIGHUP respawns the workers gracefully.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -66,17 +67,23 @@ class WebSettings:
     log_level: str
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float], default: float) -> Any:
     raw = env.get(name, "").strip()
-    value = int(raw) if raw else default
+    try:
+        return kind(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    value = _number(env, name, int, default)
     if value < minimum or (maximum is not None and value > maximum):
         raise ValueError(f"{name}={value} is outside {minimum}..{maximum if maximum is not None else 'inf'}")
     return value
 
 
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float) -> float:
-    raw = env.get(name, "").strip()
-    value = float(raw) if raw else default
+    value = _number(env, name, float, default)
     if not minimum <= value <= maximum:
         raise ValueError(f"{name}={value} is outside {minimum}..{maximum}")
     return value
@@ -120,8 +127,6 @@ _Response = tuple[int, list[tuple[str, str]], bytes]
 
 def _envelope(field: str, message: str) -> bytes:
     # The shape of every abflow rejection: {"success": false, "errors": {field: [message]}}.
-    import json
-
     return json.dumps({"success": False, "errors": {field: [message]}}).encode()
 
 
@@ -153,10 +158,7 @@ class WSGIBridge:
             "body", f"The request body did not arrive within {body_timeout:g} seconds; the connection is closed."
         )
 
-    # granian calls these around the worker's life: stop the threads after the last request.
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        return None
-
+    # granian calls this when the worker stops: the threads end after the last request.
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.pool.shutdown(wait=True)
 

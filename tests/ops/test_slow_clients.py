@@ -149,7 +149,7 @@ def test_slow_connections_neither_starve_ordinary_requests_nor_stay_open(server,
     assert statuses and all(status == 201 for status in statuses), statuses[:20]
     assert len(statuses) >= 10, f"only {len(statuses)} ordinary requests in {ORDINARY_WINDOW} s"
     assert statistics.median(latencies) < 0.1, latencies
-    assert latencies[-1] < 1.0, latencies[-5:]
+    assert latencies[-1] < 2.0, latencies[-5:]  # a starved request never completes (3 s client timeout)
     # They were still open while the ordinary requests ran (else this proved nothing).
     assert window_end < min(started) + bound, "the slow connections were not open during the ordinary requests"
     assert not late, f"{len(late)} of {SLOW_CONNECTIONS} slow connections still open {bound + SLACK:.0f} s on"
