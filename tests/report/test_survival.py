@@ -1,0 +1,185 @@
+"""Time to complete as survival data (report/survival.py): against scipy, textbook values and simulations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from server.apps.front.report import survival
+from server.apps.front.report.stats import two_proportion_ztest
+
+GRID = 1200  # seconds; simulated times are whole seconds in [1, GRID)
+
+
+def _censored(t: np.ndarray, done: np.ndarray) -> sps.CensoredData:
+    return sps.CensoredData(uncensored=t[done], right=t[~done])
+
+
+def test_counts_kaplan_meier_equals_scipy_ecdf_survival_function():
+    rng = np.random.default_rng(1)
+    t = np.round(rng.exponential(10, 300), 1)
+    done = rng.random(300) < 0.7
+    grid = np.unique(t)
+    d, c = survival.counts_on_grid(t, done, grid)
+    surv, var = survival.km_counts(d, c)
+    sf = sps.ecdf(_censored(t, done)).sf
+    np.testing.assert_allclose(surv, sf.evaluate(grid), atol=1e-12)
+    # Greenwood's variance: scipy's "linear" band is S +- z * sqrt(Greenwood).
+    band = sf.confidence_interval(0.95, method="linear")
+    inner = (surv > 0.05) & (surv < 0.95)
+    half = (band.high.evaluate(grid) - band.low.evaluate(grid))[inner] / 2
+    np.testing.assert_allclose(half, sps.norm.ppf(0.975) * np.sqrt(var[inner]), rtol=1e-9)
+
+
+def test_counts_log_rank_equals_scipy_logrank():
+    rng = np.random.default_rng(2)
+    ta, tb = np.round(rng.exponential(10, 300)), np.round(rng.exponential(12, 250))  # many ties
+    da, db = rng.random(300) < 0.7, rng.random(250) < 0.6
+    grid = np.unique(np.concatenate([ta, tb]))
+    z, p = survival.logrank_counts(*survival.counts_on_grid(ta, da, grid), *survival.counts_on_grid(tb, db, grid))
+    expected = sps.logrank(_censored(tb, db), _censored(ta, da))
+    assert z == pytest.approx(expected.statistic, rel=1e-12)
+    assert p == pytest.approx(expected.pvalue, rel=1e-12)
+
+
+def test_rmst_without_censoring_is_the_mean_of_times_capped_at_the_horizon():
+    rng = np.random.default_rng(3)
+    t = rng.exponential(10, 1000)
+    grid = np.unique(t)
+    rmst, var = survival.rmst_counts(grid, *survival.counts_on_grid(t, np.ones(t.size, bool), grid), 15.0)
+    capped = np.minimum(t, 15.0)
+    assert rmst == pytest.approx(capped.mean(), rel=1e-12)
+    # Without censoring the variance is that of the capped mean (population form).
+    assert np.sqrt(var) == pytest.approx(capped.std() / np.sqrt(t.size), rel=1e-9)
+
+
+def test_rmst_textbook_example_with_censoring():
+    # Times 1, 2+, 3, 4 (2 censored): S = 3/4 after 1, 3/4 * 1/2 = 3/8 after 3, 0 after 4.
+    grid = np.array([1.0, 2.0, 3.0, 4.0])
+    d, c = np.array([1, 0, 1, 1.0]), np.array([0, 1, 0, 0.0])
+    rmst, _ = survival.rmst_counts(grid, d, c, 3.5)
+    assert rmst == pytest.approx(1 + 0.75 * 2 + 0.375 * 0.5)
+
+
+def test_median_and_its_interval_come_from_the_curve_and_its_band():
+    rng = np.random.default_rng(4)
+    ta, tb = rng.exponential(60, 2000), rng.exponential(60, 2000)
+    result = survival.compare_survival(ta, np.ones(2000, bool), tb, np.ones(2000, bool))
+    assert result is not None
+    arm = result.a
+    assert arm.median_seconds == pytest.approx(np.quantile(ta, 0.5, method="inverted_cdf"))
+    assert arm.median_low < arm.median_seconds < arm.median_high
+    assert arm.median_low == pytest.approx(60 * np.log(2), rel=0.15)
+    assert result.rmst_diff_low < result.rmst_diff < result.rmst_diff_high
+    assert 0 < len(arm.curve) <= 200 and arm.curve[0].not_completed >= arm.curve[-1].not_completed
+
+
+def test_no_comparison_without_completions():
+    assert survival.compare_survival([1.0, 2.0], [False, False], [1.0], [True]) is None
+
+
+def test_completed_within_counts_only_sessions_followed_that_long():
+    seconds = np.array([10, 50, 30, 5, 200.0])
+    completed = np.array([True, True, False, True, True])
+    followed = np.array([1000, 1000, 1000, 20, 1000.0])  # the 4th entered 20 s before the report's end
+    assert survival.completed_within(seconds, completed, followed, 60) == (2, 4)
+
+
+# --- simulations: many experiments at once, times on a grid of whole seconds -----------------
+
+
+def _counts(t: np.ndarray, done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Completions and censorings per (experiment, second)."""
+    experiments = t.shape[0]
+    index = np.arange(experiments)[:, None] * GRID + t
+    d = np.bincount(index[done], minlength=experiments * GRID).reshape(experiments, GRID).astype(float)
+    c = np.bincount(index[~done], minlength=experiments * GRID).reshape(experiments, GRID).astype(float)
+    return d, c
+
+
+def _steps(rng: np.random.Generator, experiments: int, sessions: int, speed: float = 1.0) -> np.ndarray:
+    return rng.lognormal(np.log(20), 0.5, (experiments, sessions, 6)) / speed
+
+
+def _whole_seconds(t: np.ndarray) -> np.ndarray:
+    return np.ceil(t).clip(1, GRID - 1).astype(int)
+
+
+def _survival_tests(ta, da, tb, db, horizon: float) -> tuple[np.ndarray, np.ndarray]:
+    (dca, cca), (dcb, ccb) = _counts(ta, da), _counts(tb, db)
+    _, logrank_p = survival.logrank_counts(dca, cca, dcb, ccb)
+    grid = np.arange(GRID, dtype=float)
+    ra, va = survival.rmst_counts(grid, dca, cca, horizon)
+    rb, vb = survival.rmst_counts(grid, dcb, ccb, horizon)
+    rmst_p = 2 * sps.norm.sf(np.abs(rb - ra) / np.sqrt(va + vb))
+    return logrank_p, rmst_p
+
+
+def _welch_completers(ta, da, tb, db) -> np.ndarray:
+    """The old figure's test, per experiment: Welch on completed sessions only."""
+
+    def moments(t, d):
+        n = d.sum(axis=1)
+        mean = np.where(d, t, 0).sum(axis=1) / n
+        var = np.where(d, (t - mean[:, None]) ** 2, 0).sum(axis=1) / (n - 1)
+        return mean, var, n
+
+    (ma, va, na), (mb, vb, nb) = moments(ta, da), moments(tb, db)
+    return sps.ttest_ind_from_stats(mb, np.sqrt(vb), nb, ma, np.sqrt(va), na, equal_var=False).pvalue
+
+
+def _aa_pvalues(rng: np.random.Generator, experiments: int, sessions: int) -> dict[str, np.ndarray]:
+    arms = []
+    for _ in range(2):
+        t = _steps(rng, experiments, sessions).sum(axis=-1)
+        quits = rng.random((experiments, sessions)) < 0.4  # stop at a random point, independent of speed
+        t = np.where(quits, t * rng.random((experiments, sessions)), t)
+        arms.append((_whole_seconds(t), ~quits))
+    (ta, da), (tb, db) = arms
+    logrank_p, rmst_p = _survival_tests(ta, da, tb, db, horizon=150.0)
+    within = 120
+    xa, xb = (da & (ta <= within)).sum(axis=1), (db & (tb <= within)).sum(axis=1)
+    _, within_p = two_proportion_ztest(xa, sessions, xb, sessions)
+    return {"log-rank": logrank_p, "RMST": rmst_p, "completed within": within_p}
+
+
+def test_aa_false_positive_rates_of_log_rank_rmst_and_completed_within_stay_at_alpha():
+    # 12,000 experiments (in chunks, to bound memory): the binomial standard error of a 5% rate is
+    # then 0.2 points, so the 5.5% bound tests the method, not the luck of the draw.
+    rng = np.random.default_rng(20261126)
+    chunks = [_aa_pvalues(rng, 2000, 300) for _ in range(6)]
+    for name in chunks[0]:
+        rate = (np.concatenate([c[name] for c in chunks]) < 0.05).mean()
+        assert 0.04 <= rate <= 0.055, (name, rate)  # at alpha, and not a test that never fires
+
+
+def test_survivorship_slow_users_giving_up_is_no_time_difference_but_welch_on_completers_flags_one():
+    # Nobody's speed changes; in deep, the slowest 30% give up on reaching the last step (their last
+    # event is the end of step 5: censored there). Completers of deep are the fast ones.
+    rng = np.random.default_rng(14)
+    experiments, sessions = 200, 2000
+    steps_a, steps_b = _steps(rng, experiments, sessions), _steps(rng, experiments, sessions)
+    ta = steps_a.sum(axis=-1)
+    tb_full = steps_b.sum(axis=-1)
+    slow = tb_full > np.quantile(tb_full, 0.7, axis=1, keepdims=True)
+    tb = np.where(slow, steps_b[..., :5].sum(axis=-1), tb_full)
+    ta, tb = _whole_seconds(ta), _whole_seconds(tb)
+    da, db = np.ones_like(ta, dtype=bool), ~slow
+    welch_p = _welch_completers(ta, da, tb, db)
+    logrank_p, _ = _survival_tests(ta, da, tb, db, horizon=180.0)
+    assert (welch_p < 1e-10).mean() == 1.0  # the old figure: "deep is faster", every time
+    assert (logrank_p < 0.05).mean() <= 0.08  # the survival test: at its nominal rate
+
+
+def test_a_true_speed_up_is_found_by_log_rank_and_rmst():
+    rng = np.random.default_rng(15)
+    experiments, sessions = 200, 1000
+    ta = _whole_seconds(_steps(rng, experiments, sessions).sum(axis=-1))
+    tb = _whole_seconds(_steps(rng, experiments, sessions, speed=1.1).sum(axis=-1))
+    quits_a, quits_b = (rng.random((experiments, sessions)) < 0.3 for _ in range(2))
+    ta = np.where(quits_a, np.maximum(1, (ta * 0.5).astype(int)), ta)
+    tb = np.where(quits_b, np.maximum(1, (tb * 0.5).astype(int)), tb)
+    logrank_p, rmst_p = _survival_tests(ta, ~quits_a, tb, ~quits_b, horizon=180.0)
+    assert (logrank_p < 0.05).mean() >= 0.9
+    assert (rmst_p < 0.05).mean() >= 0.9
