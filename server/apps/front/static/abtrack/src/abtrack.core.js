@@ -1,10 +1,10 @@
 /**
  * abtrack: sends A/B onboarding events to abflow. No dependencies.
  *
- * This file is the one source of the client. tools/build_abtrack.py wraps it
+ * This file is the one source of the client. devtools/build_abtrack.py wraps it
  * into abtrack.js (a classic script: global `ABTrack`, also CommonJS) and
  * abtrack.mjs (an ES module); edit this file, then run
- * `python tools/build_abtrack.py`. Types: abtrack.d.ts. Usage: docs/frontend.md.
+ * `python devtools/build_abtrack.py`. Types: abtrack.d.ts. Usage: docs/frontend.md.
  *
  * Delivery: events wait in memory and go out in batches (fetch, keepalive)
  * every `flushInterval` ms. Each event carries an `event_id` made here, so a
