@@ -138,195 +138,155 @@ END
 $body$;
 CREATE OR REPLACE FUNCTION ab_report_on_session_insert() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
-    INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
+    WITH nc AS MATERIALIZED (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s),
+    ns AS MATERIALIZED (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM nc AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+        WHERE c.status = 'analysed'),
+    nt AS MATERIALIZED (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM nc AS c
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL),
+    u0 AS (INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
     SELECT status, variant, max_step, abandoned_step, min_step, sum(sessions * sign)::bigint AS sessions, sum(events * sign)::bigint AS events, sum(started * sign)::bigint AS started, sum(completed * sign)::bigint AS completed, sum(abandoned * sign)::bigint AS abandoned FROM (SELECT *, 1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
             coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
             coalesce(c.min_step, -1) AS min_step,
             count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
             count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s) AS c GROUP BY 1, 2, 3, 4, 5) AS n) AS d
-    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0 ORDER BY status, variant, max_step, abandoned_step, min_step
-    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned;
-    INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
+            FROM nc AS c GROUP BY 1, 2, 3, 4, 5) AS x) AS d
+    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0
+    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned),
+    u1 AS (INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
     SELECT step, bucket, ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
-            count(*) AS sessions FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3, 4) AS n) AS d
-    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY step, bucket, ms, variant
-    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
-    INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
+            count(*) AS sessions FROM ns AS t GROUP BY 1, 2, 3, 4) AS x) AS d
+    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0
+    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions),
+    u2 AS (INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
     SELECT variant, step, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3) AS n) AS d
-    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 ORDER BY variant, step, bucket
-    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms;
-    INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
+            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM ns AS t GROUP BY 1, 2, 3) AS x) AS d
+    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0
+    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms),
+    u3 AS (INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
     SELECT bucket, total_ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
-            count(*) AS sessions FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s) AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2, 3) AS n) AS d
-    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY bucket, total_ms, variant
-    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+            count(*) AS sessions FROM nt AS t GROUP BY 1, 2, 3) AS x) AS d
+    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0
+    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions)
     INSERT INTO ab_report_total_buckets AS t (variant, bucket, sessions, sum_ms, sum_sq)
     SELECT variant, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms, sum(sum_sq * sign) AS sum_sq FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
             count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
-            FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s) AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2) AS n) AS d
-    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0 ORDER BY variant, bucket
+            FROM nt AS t GROUP BY 1, 2) AS x) AS d
+    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0
     ON CONFLICT (variant, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms, sum_sq = t.sum_sq + EXCLUDED.sum_sq;
     RETURN NULL;
 END
 $body$;
 CREATE OR REPLACE FUNCTION ab_report_on_session_update() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
-    INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
+    WITH nc AS MATERIALIZED (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM new_sessions AS s),
+    ns AS MATERIALIZED (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM nc AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+        WHERE c.status = 'analysed'),
+    nt AS MATERIALIZED (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM nc AS c
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL),
+    oc AS MATERIALIZED (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s),
+    os AS MATERIALIZED (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM oc AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+        WHERE c.status = 'analysed'),
+    ot AS MATERIALIZED (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM oc AS c
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL),
+    u0 AS (INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
     SELECT status, variant, max_step, abandoned_step, min_step, sum(sessions * sign)::bigint AS sessions, sum(events * sign)::bigint AS events, sum(started * sign)::bigint AS started, sum(completed * sign)::bigint AS completed, sum(abandoned * sign)::bigint AS abandoned FROM (SELECT *, 1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
             coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
             coalesce(c.min_step, -1) AS min_step,
             count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
             count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s) AS c GROUP BY 1, 2, 3, 4, 5) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
+            FROM nc AS c GROUP BY 1, 2, 3, 4, 5) AS x UNION ALL SELECT *, -1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
             coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
             coalesce(c.min_step, -1) AS min_step,
             count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
             count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s) AS c GROUP BY 1, 2, 3, 4, 5) AS o) AS d
-    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0 ORDER BY status, variant, max_step, abandoned_step, min_step
-    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned;
-    INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
+            FROM oc AS c GROUP BY 1, 2, 3, 4, 5) AS x) AS d
+    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0
+    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned),
+    u1 AS (INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
     SELECT step, bucket, ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
-            count(*) AS sessions FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3, 4) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
-            count(*) AS sessions FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3, 4) AS o) AS d
-    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY step, bucket, ms, variant
-    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
-    INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
+            count(*) AS sessions FROM ns AS t GROUP BY 1, 2, 3, 4) AS x UNION ALL SELECT *, -1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
+            count(*) AS sessions FROM os AS t GROUP BY 1, 2, 3, 4) AS x) AS d
+    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0
+    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions),
+    u2 AS (INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
     SELECT variant, step, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3) AS o) AS d
-    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 ORDER BY variant, step, bucket
-    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms;
-    INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
+            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM ns AS t GROUP BY 1, 2, 3) AS x UNION ALL SELECT *, -1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
+            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM os AS t GROUP BY 1, 2, 3) AS x) AS d
+    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0
+    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms),
+    u3 AS (INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
     SELECT bucket, total_ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
-            count(*) AS sessions FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s) AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2, 3) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
-            count(*) AS sessions FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s) AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2, 3) AS o) AS d
-    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY bucket, total_ms, variant
-    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+            count(*) AS sessions FROM nt AS t GROUP BY 1, 2, 3) AS x UNION ALL SELECT *, -1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
+            count(*) AS sessions FROM ot AS t GROUP BY 1, 2, 3) AS x) AS d
+    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0
+    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions)
     INSERT INTO ab_report_total_buckets AS t (variant, bucket, sessions, sum_ms, sum_sq)
     SELECT variant, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms, sum(sum_sq * sign) AS sum_sq FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
             count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
-            FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s) AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2) AS n UNION ALL SELECT *, -1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
+            FROM nt AS t GROUP BY 1, 2) AS x UNION ALL SELECT *, -1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
             count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
-            FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s) AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2) AS o) AS d
-    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0 ORDER BY variant, bucket
+            FROM ot AS t GROUP BY 1, 2) AS x) AS d
+    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0
     ON CONFLICT (variant, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms, sum_sq = t.sum_sq + EXCLUDED.sum_sq;
     RETURN NULL;
 END
 $body$;
 CREATE OR REPLACE FUNCTION ab_report_on_session_delete() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
-    INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
+    WITH oc AS MATERIALIZED (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
+                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
+        FROM old_sessions AS s),
+    os AS MATERIALIZED (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
+        FROM oc AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+        WHERE c.status = 'analysed'),
+    ot AS MATERIALIZED (SELECT c.variant,
+            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
+        FROM oc AS c
+        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL),
+    u0 AS (INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
     SELECT status, variant, max_step, abandoned_step, min_step, sum(sessions * sign)::bigint AS sessions, sum(events * sign)::bigint AS events, sum(started * sign)::bigint AS started, sum(completed * sign)::bigint AS completed, sum(abandoned * sign)::bigint AS abandoned FROM (SELECT *, -1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
             coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
             coalesce(c.min_step, -1) AS min_step,
             count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
             count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
-            FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s) AS c GROUP BY 1, 2, 3, 4, 5) AS o) AS d
-    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0 ORDER BY status, variant, max_step, abandoned_step, min_step
-    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned;
-    INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
+            FROM oc AS c GROUP BY 1, 2, 3, 4, 5) AS x) AS d
+    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0
+    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned),
+    u1 AS (INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
     SELECT step, bucket, ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, -1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
-            count(*) AS sessions FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3, 4) AS o) AS d
-    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY step, bucket, ms, variant
-    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
-    INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
+            count(*) AS sessions FROM os AS t GROUP BY 1, 2, 3, 4) AS x) AS d
+    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0
+    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions),
+    u2 AS (INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
     SELECT variant, step, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms FROM (SELECT *, -1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed') AS t GROUP BY 1, 2, 3) AS o) AS d
-    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 ORDER BY variant, step, bucket
-    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms;
-    INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
+            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM os AS t GROUP BY 1, 2, 3) AS x) AS d
+    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0
+    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms),
+    u3 AS (INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
     SELECT bucket, total_ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, -1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
-            count(*) AS sessions FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s) AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2, 3) AS o) AS d
-    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0 ORDER BY bucket, total_ms, variant
-    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions;
+            count(*) AS sessions FROM ot AS t GROUP BY 1, 2, 3) AS x) AS d
+    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0
+    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions)
     INSERT INTO ab_report_total_buckets AS t (variant, bucket, sessions, sum_ms, sum_sq)
     SELECT variant, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms, sum(sum_sq * sign) AS sum_sq FROM (SELECT *, -1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
             count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
-            FROM (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s) AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL) AS t GROUP BY 1, 2) AS o) AS d
-    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0 ORDER BY variant, bucket
+            FROM ot AS t GROUP BY 1, 2) AS x) AS d
+    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0
     ON CONFLICT (variant, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms, sum_sq = t.sum_sq + EXCLUDED.sum_sq;
     RETURN NULL;
 END

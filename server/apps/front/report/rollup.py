@@ -248,66 +248,88 @@ def classified_sql(source: str) -> str:
         FROM {source} AS s"""
 
 
-def step_times_sql(source: str) -> str:
-    """(variant, step, ms) of every analysed session's timed step."""
+def step_times_from(classified: str) -> str:
+    """(variant, step, ms) of every analysed session's timed step, from classified session rows."""
     return f"""SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM ({classified_sql(source)}) AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
+        FROM {classified} AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
         WHERE c.status = 'analysed'"""
 
 
-def total_times_sql(source: str) -> str:
+def total_times_from(classified: str) -> str:
     """(variant, total_ms) of every analysed completed session with step times: the sum of its step times
     (exact in numeric, so it does not depend on the order of the steps)."""
     return f"""SELECT c.variant,
             (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM ({classified_sql(source)}) AS c
+        FROM {classified} AS c
         WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL"""
 
 
-def cells_sql(source: str) -> dict[str, str]:
-    """Per cell table: the SELECT of its rows (key columns, then sums) over ab_sessions-shaped rows."""
-    steps, totals = step_times_sql(source), total_times_sql(source)
+def step_times_sql(source: str) -> str:
+    return step_times_from(f"({classified_sql(source)})")
+
+
+def total_times_sql(source: str) -> str:
+    return total_times_from(f"({classified_sql(source)})")
+
+
+def cells_from(classified: str, steps: str, totals: str) -> dict[str, str]:
+    """Per cell table: the SELECT of its rows (key columns, then sums) from classified sessions, their step
+    times and their times to complete (relations or parenthesised subqueries)."""
     return {
         "ab_report_funnel": f"""SELECT c.status, coalesce(c.variant, {NO_VARIANT}) AS variant,
             coalesce(c.max_step, {NO_STEP}) AS max_step, coalesce(c.abandoned_step, {NO_STEP}) AS abandoned_step,
             coalesce(c.min_step, {NO_STEP}) AS min_step,
             count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
             count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
-            FROM ({classified_sql(source)}) AS c GROUP BY 1, 2, 3, 4, 5""",
+            FROM {classified} AS c GROUP BY 1, 2, 3, 4, 5""",
         "ab_report_step_values": f"""SELECT t.step, {bucket_sql("t.ms")} AS bucket, t.ms, t.variant,
-            count(*) AS sessions FROM ({steps}) AS t GROUP BY 1, 2, 3, 4""",
+            count(*) AS sessions FROM {steps} AS t GROUP BY 1, 2, 3, 4""",
         "ab_report_step_buckets": f"""SELECT t.variant, t.step, {bucket_sql("t.ms")} AS bucket,
-            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM ({steps}) AS t GROUP BY 1, 2, 3""",
+            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM {steps} AS t GROUP BY 1, 2, 3""",
         "ab_report_total_values": f"""SELECT {bucket_sql("t.total_ms")} AS bucket, t.total_ms, t.variant,
-            count(*) AS sessions FROM ({totals}) AS t GROUP BY 1, 2, 3""",
+            count(*) AS sessions FROM {totals} AS t GROUP BY 1, 2, 3""",
         "ab_report_total_buckets": f"""SELECT t.variant, {bucket_sql("t.total_ms")} AS bucket,
             count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
-            FROM ({totals}) AS t GROUP BY 1, 2""",
+            FROM {totals} AS t GROUP BY 1, 2""",
     }
 
 
+def cells_sql(source: str) -> dict[str, str]:
+    """Per cell table: the SELECT of its rows over ab_sessions-shaped rows in ``source``."""
+    return cells_from(f"({classified_sql(source)})", f"({step_times_sql(source)})", f"({total_times_sql(source)})")
+
+
 def _apply_cells_sql(new: str | None, old: str | None) -> str:
-    """Add the contributions of the rows in ``new`` and subtract those in ``old``, per cell table."""
-    statements = []
+    """One statement: add the contributions of the rows in ``new``, subtract those in ``old``, in every cell
+    table. Each side is classified and its times expanded once (MATERIALIZED), then shared by the five
+    upserts (data-modifying CTEs)."""
+    ctes = []
+    sides = []
+    for prefix, source, sign in (("n", new, 1), ("o", old, -1)):
+        if source:
+            ctes += [
+                f"{prefix}c AS MATERIALIZED ({classified_sql(source)})",
+                f"{prefix}s AS MATERIALIZED ({step_times_from(prefix + 'c')})",
+                f"{prefix}t AS MATERIALIZED ({total_times_from(prefix + 'c')})",
+            ]
+            sides.append((cells_from(f"{prefix}c", f"{prefix}s", f"{prefix}t"), sign))
+    upserts = []
     for table, (keys, sums) in CELL_TABLES.items():
-        parts = []
-        if new:
-            parts.append(f"SELECT *, 1 AS sign FROM ({cells_sql(new)[table]}) AS n")
-        if old:
-            parts.append(f"SELECT *, -1 AS sign FROM ({cells_sql(old)[table]}) AS o")
+        parts = " UNION ALL ".join(f"SELECT *, {sign} AS sign FROM ({cells[table]}) AS x" for cells, sign in sides)
         key = ", ".join(keys)
         totals = ", ".join(
             f"sum({c} * sign)" + ("" if c.startswith("sum_") else "::bigint") + f" AS {c}" for c in sums
         )
         nonzero = " OR ".join(f"sum({c} * sign) <> 0" for c in sums)
         updates = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in sums)
-        statements.append(
+        upserts.append(
             f"""INSERT INTO {table} AS t ({key}, {", ".join(sums)})
-    SELECT {key}, {totals} FROM ({" UNION ALL ".join(parts)}) AS d
-    GROUP BY {key} HAVING {nonzero} ORDER BY {key}
+    SELECT {key}, {totals} FROM ({parts}) AS d
+    GROUP BY {key} HAVING {nonzero}
     ON CONFLICT ({key}) DO UPDATE SET {updates}"""
         )
-    return ";\n    ".join(statements)
+    ctes += [f"u{i} AS ({sql})" for i, sql in enumerate(upserts[:-1])]
+    return "WITH " + ",\n    ".join(ctes) + "\n    " + upserts[-1]
 
 
 # Every change to the rollup (the triggers, the rebuild) runs under this transaction-level advisory lock,
