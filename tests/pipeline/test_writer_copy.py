@@ -162,6 +162,7 @@ _payloads = st.fixed_dictionaries(
         "u": st.none() | st.integers(min_value=-(2**33), max_value=2**33) | _any,
         "c": st.none() | _micros,
         "w": st.none() | _micros,
+        "q": st.none() | st.integers(min_value=-(2**33), max_value=2**33) | _any,
     },
 )
 
