@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis
-from django.test import override_settings
+from django.test import Client, override_settings
 
 from devtools.cluster import RedisCluster, redis_server_binary
 from server.apps.front.models import ABEvent
@@ -86,6 +86,29 @@ def test_a_dead_master_stops_only_its_shards_and_its_events_land_once_it_is_back
     assert ABEvent.objects.count() == 50 * SHARDS + len(late)
     assert ABEvent.objects.values("event_id").distinct().count() == ABEvent.objects.count()
     assert queue.stats().depth == 0
+
+
+@pytest.mark.django_db
+def test_a_dead_master_leaves_the_web_nodes_ready_and_a_dead_cluster_answers_503(cluster, settings) -> None:
+    settings.AB_QUEUE_REDIS_URL = cluster.url  # names master 0: the client's default node
+    settings.AB_QUEUE_REDIS_CLUSTER = True
+    settings.AB_QUEUE_SHARDS = SHARDS
+    queue.get_redis().ping()  # the client has learnt the slot map
+    cluster.kill(0)
+    # The other masters' shards still take events: no reason to take this node out of a load balancer.
+    readyz = Client().get("/readyz")
+    assert readyz.status_code == 200, readyz.content
+    for index in (1, 2):
+        cluster.kill(index)
+    assert Client().get("/readyz").status_code == 503
+    # No node answers at all (redis-py: RedisClusterException, not a RedisError): still a 503, never a 500.
+    answer = Client().post(
+        "/api/rest/front/ab-event/",
+        {"session_id": "all-down", "variant": "fast", "event_type": "variant_assigned"},
+        content_type="application/json",
+    )
+    assert answer.status_code == 503, answer.content
+    assert answer.json()["success"] is False
 
 
 def _drains_cleanly() -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
@@ -79,7 +78,7 @@ class queue_errors_as_503:
             return False
         if isinstance(exc, queue.QueueFull):
             raise QueueUnavailable("Event queue is full, retry later.") from exc
-        if isinstance(exc, redis.RedisError):
+        if isinstance(exc, queue.ERRORS):
             raise QueueUnavailable() from exc
         return False
 

@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
@@ -103,7 +102,7 @@ class QueueCollector(Collector):
         up = GaugeMetricFamily("abflow_queue_up", "1 if Redis answered this scrape's queue read, else 0.")
         try:
             stats = queue.stats()
-        except redis.RedisError as exc:
+        except queue.ERRORS as exc:
             log.warning("metrics scrape: Redis unavailable: %s", exc)
             up.add_metric([], 0)
             yield up

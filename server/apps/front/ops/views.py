@@ -26,6 +26,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from redis.cluster import RedisCluster
 
 from server.apps.front.ops import metrics
 from server.apps.front.pipeline import queue
@@ -108,8 +109,27 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def check_redis() -> None:
-    # The app's own client: REDIS_SOCKET_TIMEOUT (0.5 s) bounds the probe.
-    queue.get_redis().ping()
+    """The queue's Redis answers; on a cluster, at least one master does.
+
+    The app's own client: REDIS_SOCKET_TIMEOUT (0.5 s) bounds the probe. A
+    cluster client's plain PING goes to every master, so one dead master
+    would fail readiness on every web node and a load balancer would stop all
+    ingest, while the other masters' shards can still take events (only the
+    dead master's shards answer 503). Its outage is the queue shard alerts'
+    business, not the web nodes'.
+    """
+    client = queue.get_redis()
+    if not isinstance(client, RedisCluster):
+        client.ping()
+        return
+    first_error: Exception | None = None
+    for node in client.get_primaries():
+        try:
+            client.ping(target_nodes=node)
+            return
+        except queue.ERRORS as exc:
+            first_error = first_error or exc
+    raise first_error or redis.RedisError("the cluster has no master")
 
 
 def check_postgresql() -> None:
@@ -126,7 +146,7 @@ def check_postgresql() -> None:
         raise
 
 
-CHECKS = {"redis": (check_redis, redis.RedisError), "postgresql": (check_postgresql, DjangoDatabaseError)}
+CHECKS = {"redis": (check_redis, queue.ERRORS), "postgresql": (check_postgresql, DjangoDatabaseError)}
 
 
 @never_cache

@@ -63,10 +63,16 @@ from django.conf import settings
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import ClusterDownError, NoScriptError, TryAgainError
+from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, TryAgainError
 from redis.retry import Retry
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# What an unreachable queue Redis raises. On a cluster, redis-py raises
+# RedisClusterException (not a RedisError) when no node of its slot map
+# answers; every caller that turns a Redis outage into a 503, a "down" probe
+# or a skipped drain catches this tuple.
+ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 
 # Lua's unpack() is limited by the C stack (about 8000 values), so scripts
 # move items in chunks of this size.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from server.apps.front.pipeline import queue
@@ -48,7 +47,7 @@ class Command(BaseCommand):
                 raise CommandError("--limit must be at least 1")
             operation = queue.replay_dead if action == "replay" else queue.purge_dead
             count = operation(options["limit"], event_ids=options["event_ids"] or ())
-        except redis.RedisError as exc:
+        except queue.ERRORS as exc:
             raise CommandError(f"Redis unavailable: {exc}") from exc
         done = "re-queued (they land with the next drain)" if action == "replay" else "purged"
         self.stdout.write(f"{count} dead letters {done}; {queue.stats().dead} left")

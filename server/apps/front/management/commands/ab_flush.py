@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from django.core.management.base import BaseCommand, CommandError
 
 from server.apps.front.pipeline import queue, writer
@@ -49,7 +48,7 @@ class Command(BaseCommand):
     def _progress(self, result: writer.DrainResult) -> None:
         try:
             queued: int | None = queue.depth()
-        except redis.RedisError:
+        except queue.ERRORS:
             queued = None  # the next claim reports Redis; a progress line never ends the flush
         self.stdout.write(progress_line(result, queued))
         self.stdout.flush()  # seen at once when stdout is a pipe or a journal, not at exit

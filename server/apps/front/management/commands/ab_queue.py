@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import redis
 from django.core.management.base import BaseCommand, CommandError
 
 from server.apps.front.ops import status
+from server.apps.front.pipeline import queue
 
 
 class Command(BaseCommand):
@@ -23,7 +23,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, as_json: bool = False, **options: Any) -> None:
         try:
             figures = status.snapshot()
-        except redis.RedisError as exc:
+        except queue.ERRORS as exc:
             raise CommandError(f"Redis unavailable: {exc}") from exc
         if as_json:
             self.stdout.write(json.dumps(figures, sort_keys=True))
