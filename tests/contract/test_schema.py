@@ -183,16 +183,9 @@ def test_operations_endpoints_answer_405_to_other_methods(path: str) -> None:
     assert response["Allow"] == "GET"
 
 
-# Found by schemathesis, not yet fixed (report/build.py is not this test's module):
-# parse_moment(end=True) adds a day to the last representable date, an OverflowError that
-# options_from_query does not turn into a ValueError, so the API answers 500 instead of 400
-# (and the admin page, which catches ValueError only, too). test_schemathesis.py skips this one
-# input until then; strict, so the fix shows here as an XPASS to remove both.
-#
-# And a since/until whose UTC offset PostgreSQL refuses (it allows +-15:59; ISO-8601 and Python
-# up to +-23:59) reaches the SQL as it is: DataError, 500. Converting to UTC in parse_moment
-# fixes both the offset and the admin page.
-@pytest.mark.xfail(strict=True, reason="report/build.py parse_moment: a 500 for a valid date (see above)")
+# Found by schemathesis: parse_moment(end=True) added a day to the last representable date (OverflowError,
+# a 500), and a since/until whose UTC offset PostgreSQL refuses (it allows +-15:59; ISO 8601 and Python up
+# to +-23:59) reached the SQL as it was (DataError, a 500). Fixed in report/build.py (bounds in UTC).
 @pytest.mark.parametrize(
     "query", ["until=9999-12-31", "since=2025-01-01T00:00:00%2B23:10", "until=2025-01-01T00:00:00-16:00"]
 )

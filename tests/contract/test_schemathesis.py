@@ -111,14 +111,6 @@ def assert_valid_data_accepted(case: Any, response: Any) -> None:
     assert response.status_code < 400 or response.status_code == 403, (response.status_code, response.text)
 
 
-def _known_report_bug(case: Any) -> bool:
-    """Report queries that are a 500 today (report/build.py parse_moment), pinned in test_schema.py.
-
-    ``until`` = the last representable day (a day is added: OverflowError), and a
-    ``since``/``until`` whose UTC offset PostgreSQL refuses (beyond +-15:59: DataError).
-    """
-    if not case.path.endswith("/ab-report/"):
-        return False
     query = case.query or {}
     until = query.get("until")
     if isinstance(until, str) and until.strip() == "9999-12-31":
@@ -183,8 +175,6 @@ def assert_stored_exactly_once(accepted: list[dict[str, Any]], before: set[uuid.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_api_conforms_to_its_schema(case: Any, wsgi_app: Any, staff_token: str) -> None:
-    if _known_report_bug(case):
-        return  # a 500 to fix in report/build.py: test_schema.py's strict xfails
     is_ingest = case.method == "POST"
     if is_ingest:
         rows_before = ABEvent.objects.count()

@@ -329,6 +329,8 @@ def parse_moment(raw: str | datetime | date | None, *, end: bool = False) -> dat
     if isinstance(raw, datetime):
         moment = raw
     elif isinstance(raw, date):
+        if end and raw == date.max:
+            return None  # the end of the last representable day: no bound
         moment = datetime.combine(raw + timedelta(days=1) if end else raw, time.min)
     else:
         text = raw.strip()
@@ -339,7 +341,11 @@ def parse_moment(raw: str | datetime | date | None, *, end: bool = False) -> dat
                 raise ValueError(f"{text!r} is not an ISO date (YYYY-MM-DD) or datetime")
             return parse_moment(day, end=end)
         moment = moment_or_none
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    # In UTC: PostgreSQL refuses offsets beyond +-15:59, which ISO 8601 and Python allow.
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{raw!r} is outside the representable dates") from exc
 
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
@@ -605,7 +611,7 @@ def analyse(
     """
     if sequential is None:
         sequential = bool(getattr(settings, "AB_REPORT_SEQUENTIAL", False))
-    return assemble(
+    report = assemble(
         fetch_aggregates(since, until, source=source),
         since=since,
         until=until,
@@ -613,6 +619,11 @@ def analyse(
         sequential=sequential,
         alpha=alpha,
     )
+    if getattr(settings, "AB_REPORT_INSIGHTS", True):
+        from server.apps.front.report.insights import add_insights  # issue 14's sections and loss guard
+
+        report = add_insights(report, since, until, alpha=alpha, sequential=sequential)
+    return report
 
 
 def build_report(since: datetime | None = None, until: datetime | None = None, **options: Any) -> dict[str, Any]:
