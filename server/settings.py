@@ -362,6 +362,17 @@ AB_QUEUE_REDIS_CLUSTER = env_bool("AB_QUEUE_REDIS_CLUSTER", False)
 AB_EXPECTED_SPLIT = env_str("AB_EXPECTED_SPLIT", "")
 # Use the always-valid (sequential) interval for the verdict: for teams that look every day.
 AB_REPORT_SEQUENTIAL = env_bool("AB_REPORT_SEQUENTIAL", False)
+# Power and duration (report/power.py): the relative lift of the completion rate the experiment should be
+# able to detect (0.05: +5% of the control's rate), and with what probability.
+AB_TARGET_LIFT = env_float("AB_TARGET_LIFT", 0.05, minimum=0.0001)
+AB_POWER = env_float("AB_POWER", 0.8, minimum=0.01)
+if AB_POWER >= 1:
+    raise ImproperlyConfigured(f"AB_POWER must be below 1, got {AB_POWER}")
+# The report's survival, power, lift-over-time and data-quality sections (report/insights.py); they read
+# ab_sessions per second and day and the selected sessions' events, so a huge all-time report may turn them off.
+AB_REPORT_INSIGHTS = env_bool("AB_REPORT_INSIGHTS", True)
+# "Completed within T" (report/survival.py): T in seconds since assignment.
+AB_COMPLETE_WITHIN_SECONDS = env_float("AB_COMPLETE_WITHIN_SECONDS", 600.0, minimum=1.0)
 
 # --- operations (docs/operations.md) -------------------------------------------
 

@@ -176,9 +176,12 @@ def test_verdict_from_the_database_deep_wins() -> None:
     assert report["primary"]["p_value"] == pytest.approx(
         sps.chi2_contingency([[60, 140], [110, 90]], correction=False)[1]
     )
-    p_values = [m["p_value"] for m in report["secondary"]]
-    adjusted = sps.false_discovery_control([p for p in p_values if p is not None])
-    assert [m["p_adjusted"] for m in report["secondary"] if m["p_value"] is not None] == pytest.approx(list(adjusted))
+    # BH runs over the tested metrics; the completers-only time is description (issue 14: survivorship).
+    tested = [m for m in report["secondary"] if m["kind"] == "proportion"]
+    adjusted = sps.false_discovery_control([m["p_value"] for m in tested])
+    assert [m["p_adjusted"] for m in tested] == pytest.approx(list(adjusted))
+    (time,) = [m for m in report["secondary"] if m["kind"] == "mean"]
+    assert time["p_adjusted"] is None and time["significant"] is False
 
 
 def test_verdict_from_the_database_sample_ratio_mismatch() -> None:

@@ -67,14 +67,16 @@ def test_admin_page_requires_staff() -> None:
     assert _client(staff=False).get(PAGE).status_code == 302
 
 
-def test_admin_page_renders_verdict_tables_and_four_charts(experiment: None) -> None:
+def test_admin_page_renders_verdict_tables_and_six_charts(experiment: None) -> None:
     response = _client(staff=True).get(PAGE)
     assert response.status_code == 200
     html = response.content.decode()
     assert "Verdict: deep wins" in html
-    for chart in ("ab-chart-funnel", "ab-chart-lift", "ab-chart-dropout", "ab-chart-time"):
+    charts = ("ab-chart-funnel", "ab-chart-lift", "ab-chart-dropout", "ab-chart-time")
+    for chart in (*charts, "ab-chart-survival", "ab-chart-lift-over-time"):  # the last two: issue 14
         assert f'id="{chart}"' in html
-    assert html.count("Plotly.newPlot") == 4
+    assert html.count("Plotly.newPlot") == 6
+    assert 'id="ab-insights"' in html and "Equal loss test" in html
     # plotly.js comes from this server, never from a CDN.
     assert f'/admin/ab-report/plotly.min.js?v={plotly.__version__}"' in html
     assert "cdn" not in html.lower()

@@ -122,11 +122,90 @@ def _lift_chart(report: Report) -> go.Figure:
     return fig
 
 
+def _survival_chart(report: Report) -> go.Figure:
+    fig = go.Figure()
+    s = report.insights.survival if report.insights else None
+    for variant, arm in ((report.control, s.a), (report.treatment, s.b)) if s else ():
+        x = [0.0] + [p.seconds for p in arm.curve]
+        fig.add_scatter(
+            name=variant,
+            x=x,
+            y=[0.0] + [1 - p.not_completed for p in arm.curve],
+            mode="lines",
+            line={"shape": "hv", "color": COLORS.get(variant)},
+            hovertemplate="%{x:.0f} s: %{y:.1%} completed<extra>" + variant + "</extra>",
+        )
+        fig.add_scatter(
+            x=x + x[::-1],
+            y=[0.0] + [1 - p.low for p in arm.curve] + ([1 - p.high for p in arm.curve][::-1] + [0.0]),
+            fill="toself",
+            line={"width": 0, "shape": "hv"},
+            fillcolor=COLORS.get(variant),
+            opacity=0.15,
+            showlegend=False,
+            hoverinfo="skip",
+        )
+    fig.update_layout(
+        title="Completed by time since assignment (Kaplan-Meier, every assigned session; band: 95%)",
+        xaxis_title="seconds since assignment",
+        yaxis_tickformat=".0%",
+    )
+    return fig
+
+
+def _gap(high: float | None, low: float | None) -> float:
+    return 0.0 if high is None or low is None else high - low
+
+
+def _lift_over_time_chart(report: Report) -> go.Figure:
+    points = report.insights.lift_over_time if report.insights else []
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    days = [p.day for p in points]
+    colour = COLORS[report.treatment]
+    fig.add_scatter(
+        name="cumulative lift",
+        x=days,
+        y=[p.lift for p in points],
+        mode="lines+markers",
+        line={"color": colour},
+        error_y={
+            "type": "data",
+            "symmetric": False,
+            "array": [_gap(p.lift_high, p.lift) for p in points],
+            "arrayminus": [_gap(p.lift, p.lift_low) for p in points],
+        },
+        hovertemplate="%{x}: lift %{y:.1%}<extra></extra>",
+    )
+    fig.add_bar(
+        name=f"{report.treatment} share of the day's sessions",
+        x=days,
+        y=[p.share.get(report.treatment) for p in points],
+        marker_color="lightgrey",
+        opacity=0.5,
+        secondary_y=True,
+        hovertemplate="%{x}: %{y:.1%} of the day's sessions<extra></extra>",
+    )
+    fig.add_hline(y=0, line_dash="dash", line_color="grey")
+    fig.update_yaxes(tickformat=".0%", title_text="cumulative relative lift", secondary_y=False)
+    fig.update_yaxes(tickformat=".0%", range=[0, 1], title_text="daily split", secondary_y=True)
+    fig.update_layout(title="Lift over time (cumulative, 95% interval) and the daily split", barmode="overlay")
+    return fig
+
+
 def charts(report: Report) -> list[dict[str, str]]:
-    """The page's four plotly charts as HTML fragments (plotly.js itself is loaded once by the page)."""
+    """The page's plotly charts as HTML fragments (plotly.js itself is loaded once by the page)."""
+    extra = (
+        [
+            {"id": "ab-chart-survival", "html": _html(_survival_chart(report), "ab-chart-survival")},
+            {"id": "ab-chart-lift-over-time", "html": _html(_lift_over_time_chart(report), "ab-chart-lift-over-time")},
+        ]
+        if report.insights is not None
+        else []
+    )
     return [
         {"id": "ab-chart-funnel", "html": _html(_funnel_chart(report), "ab-chart-funnel")},
         {"id": "ab-chart-lift", "html": _html(_lift_chart(report), "ab-chart-lift")},
         {"id": "ab-chart-dropout", "html": _html(_dropout_chart(report), "ab-chart-dropout")},
         {"id": "ab-chart-time", "html": _html(_time_chart(report), "ab-chart-time")},
+        *extra,
     ]

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from server.apps.front.report.stats import ProportionComparison, SampleGate, SRMResult, WelchResult
+
+if TYPE_CHECKING:
+    from server.apps.front.report.insights import Insights
 
 T = TypeVar("T")
 
@@ -153,6 +156,8 @@ class Report:
     dropout: dict[str, list[Dropout]]
     time_per_step: dict[str, list[StepTime]]
     time_to_complete: TimeToComplete
+    # Issue 14's sections (survival, power, lift over time, data quality): report/insights.py adds them.
+    insights: Insights | None = None
 
     @property
     def variants(self) -> tuple[str, str]:
@@ -180,5 +185,6 @@ class Report:
                 "dropout": by_variant(self.dropout),
                 "time_per_step": by_variant(self.time_per_step),
                 "time_to_complete": self.time_to_complete.to_dict(),
+                **(self.insights.to_dict() if self.insights is not None else {}),
             }
         )

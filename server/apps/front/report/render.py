@@ -7,8 +7,92 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.apps.front.report.formatting import HTML, TEXT
+from server.apps.front.report.formatting import HTML, TEXT, Formatter
 from server.apps.front.report.model import Report
+
+# --- issue 14's sections (report/insights.py), as (label, value) rows for both renderings -----------------
+
+
+def insight_rows(report: Report, f: Formatter) -> list[tuple[str, str]]:
+    """Survival time to complete, power and duration, data quality: one row per figure (empty without them)."""
+    ins = report.insights
+    if ins is None:
+        return []
+    a, b = report.variants
+    sec = lambda value, sign="": f.seconds(None if value is None else value * 1000, sign)  # noqa: E731
+    rows: list[tuple[str, str]] = []
+    s = ins.survival
+    if s is not None:
+        for name, arm in ((a, s.a), (b, s.b)):
+            rows.append(
+                (
+                    f"Time to complete, {name} (all {arm.sessions:,} sessions; "
+                    f"{arm.censored:,} not completed, censored)",
+                    f"median {sec(arm.median_seconds)} [{sec(arm.median_low)}, {sec(arm.median_high)}]; "
+                    f"restricted mean to {sec(s.horizon_seconds)}: {sec(arm.rmst_seconds)} "
+                    f"[{sec(arm.rmst_low)}, {sec(arm.rmst_high)}]",
+                )
+            )
+        rows.append(
+            (
+                f"Restricted mean difference ({b} − {a})",
+                f"{sec(s.rmst_diff, '+')} [{sec(s.rmst_diff_low, '+')}, {sec(s.rmst_diff_high, '+')}], "
+                f"p = {f.p(s.rmst_diff_p)}",
+            )
+        )
+        rows.append(("Log-rank test (equal time-to-complete curves)", f"p = {f.p(s.logrank_p)}"))
+    w = ins.completed_within
+    r = w.result
+    rows.append(
+        (
+            f"Completed within {sec(w.seconds)} (sessions followed that long)",
+            f"{a} {f.pct(r.rate_a)} ({r.x_a:,}/{r.n_a:,}), {b} {f.pct(r.rate_b)} ({r.x_b:,}/{r.n_b:,}); "
+            f"difference {f.points(r.diff)} [{f.points(r.diff_low)}, {f.points(r.diff_high)}], p = {f.p(r.p_value)}",
+        )
+    )
+    pw = ins.power
+    rows.append(
+        (
+            f"Minimum detectable effect now ({pw.method}, alpha {pw.effective_alpha:g}, power {f.pct(pw.power, 0)})",
+            f"{f.points(pw.mde_absolute)} ({f.pct(pw.mde_relative)} of the control's rate)",
+        )
+    )
+    days = f.missing if pw.days_remaining is None else f"{pw.days_remaining:.1f}"
+    rows.append(
+        (
+            f"For a {f.pct(pw.target_lift)} relative lift",
+            f"{f.pct(pw.power_for_target)} power now; {pw.sessions_needed or 0:,} sessions in all, "
+            f"{pw.sessions_still_needed or 0:,} still needed; ~{days} days at "
+            f"{f.missing if pw.daily_sessions is None else f'{pw.daily_sessions:,.0f}'} sessions/day",
+        )
+    )
+    g = ins.data_quality
+    for name in (a, b):
+        arm = g.arms[name]
+        rows.append(
+            (
+                f"Event loss, {name}",
+                f"{f.pct(arm.loss_rate, 2)} of numbered events lost ({arm.lost_events:,}/{arm.expected_events:,}, "
+                f"{arm.sessions_with_seq:,} sessions with seq); dead-lettered {f.pct(arm.dead_letter_rate, 3)} "
+                f"({arm.dead_lettered:,})",
+            )
+        )
+    rows.append(
+        (
+            "Equal loss test (sessions as clusters) · dead letters",
+            f"p = {f.p(g.loss_p)} · p = {f.p(g.dead_letter_p)} (refuses a verdict below {g.threshold:g})",
+        )
+    )
+    if ins.lift_over_time:
+        last = ins.lift_over_time[-1]
+        rows.append(
+            (
+                f"Lift over time ({len(ins.lift_over_time)} days; last day {last.day})",
+                f"cumulative {f.pct(last.lift)} [{f.pct(last.lift_low)}, {f.pct(last.lift_high)}]",
+            )
+        )
+    return rows
+
 
 # --- the terminal ------------------------------------------------------------------------
 
@@ -71,8 +155,16 @@ def format_text(report: Report) -> str:
         "",
         f"Time to complete ({ttc.definition}):",
         f"  {a} {f.seconds(mean_of.get(a))}, {b} {f.seconds(mean_of.get(b))}"
-        + (f"; Welch p = {f.p(welch.p_value)}" if welch else ""),
+        + (
+            f"; Welch p = {f.p(welch.p_value)}"
+            if welch and report.insights is None
+            else "  (description only: completed sessions only, not tested; see the survival figures)"
+        ),
     ]
+    extra = insight_rows(report, f)
+    if extra:
+        lines += ["", "Time to complete (survival), power and duration, data quality:"]
+        lines += [f"  {label}: {value}" for label, value in extra]
     return "\n".join(lines)
 
 
@@ -106,6 +198,7 @@ def display(report: Report) -> dict[str, Any]:
             }
             for m in report.secondary
         ],
+        "insights": insight_rows(report, f),
         "funnel": {
             variant: [
                 {

@@ -32,6 +32,7 @@ per-session API below is checked against scipy and uses them for RMST.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,7 +177,10 @@ def _curve(sf: object, confidence: float, max_points: int) -> tuple[list[CurvePo
     quantiles = np.asarray(sf.quantiles, dtype=float)  # type: ignore[attr-defined]
     values = np.asarray(sf.probabilities, dtype=float)  # type: ignore[attr-defined]
     if quantiles.size:
-        band = sf.confidence_interval(confidence, method="log-log")  # type: ignore[attr-defined]
+        with warnings.catch_warnings():
+            # scipy warns where the log-log band is undefined (S = 0 or 1); those points are clipped below.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            band = sf.confidence_interval(confidence, method="log-log")  # type: ignore[attr-defined]
         with np.errstate(invalid="ignore"):
             low = np.nan_to_num(np.asarray(band.low.evaluate(quantiles), dtype=float), nan=0.0)
             high = np.nan_to_num(np.asarray(band.high.evaluate(quantiles), dtype=float), nan=1.0)
