@@ -20,7 +20,9 @@ report nothing (it counts sessions, not users).
   is anonymous because of the outage needs no CSRF check: it acts as nobody,
   exactly as a request without the cookie would.
 * Only database errors are absorbed: a bad token with the database up is
-  still a 401, a missing CSRF token still a 403.
+  still refused (403: DRF answers 403 rather than 401 because session
+  authentication, listed first, sends no WWW-Authenticate challenge), a
+  missing CSRF token still a 403.
 """
 
 from __future__ import annotations

@@ -171,8 +171,7 @@ class ABEventSerializer(serializers.ModelSerializer):
         return value
 
     def validate_metadata(self, value: Any) -> dict[str, Any]:
-        if value is None:
-            return {}
+        # null never reaches here: the JSONField refuses it first (allow_null is off), as the schema says.
         if not isinstance(value, dict):
             raise serializers.ValidationError("metadata must be a JSON object")
         check_json_value(value, depth=1, max_depth=settings.AB_MAX_METADATA_DEPTH)
