@@ -362,6 +362,24 @@ def report_schema() -> dict[str, Any]:
     ttc["additionalProperties"] = by_variant["additionalProperties"]
     ttc["required"] = ["definition", "welch"]
     properties["time_to_complete"] = ttc
+    # Issue 14's sections (Insights.to_dict): beside the others, present unless AB_REPORT_INSIGHTS is off.
+    properties.pop("insights")
+    schema["required"].remove("insights")
+    within = dataclass_schema(report_model.CompletedWithin)
+    within["properties"].update(within["properties"].pop("result")["properties"])
+    within["required"] = list(within["properties"])
+    survival = {
+        "definition": {"type": "string"},
+        "comparison": dataclass_schema(report_model.SurvivalComparison | None),
+        "completed_within": within,
+    }
+    insights = dataclass_schema(report_model.Insights)["properties"]
+    properties.update(
+        time_to_complete_survival={"type": "object", "properties": survival, "required": list(survival)},
+        power=insights["power"],
+        lift_over_time=insights["lift_over_time"],
+        data_quality=insights["data_quality"],
+    )
     return schema
 
 

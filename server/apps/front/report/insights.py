@@ -24,7 +24,7 @@ and were analysed, i.e. assigned to exactly one variant):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,7 +37,7 @@ from django.utils import timezone
 from server.apps.front.experiment import CONTROL, TREATMENT, VARIANT_NAMES
 from server.apps.front.pipeline import queue
 from server.apps.front.report import power, quality, stats, survival
-from server.apps.front.report.model import Report, finite
+from server.apps.front.report.model import CompletedWithin, Insights, Report, finite
 
 RECENT_DAYS = 7  # the daily rate of assigned sessions is their mean over the last full days, at most this many
 
@@ -80,37 +80,6 @@ LOSS_SQL = f"""WITH selected AS MATERIALIZED (SELECT session_id, variant, events
         coalesce(sum(n.expected * n.expected), 0)::numeric AS expected2,
         coalesce(sum(n.lost * n.expected), 0)::numeric AS cross
     FROM selected s LEFT JOIN numbered n USING (session_id) GROUP BY s.variant"""
-
-
-@dataclass(frozen=True)
-class CompletedWithin:
-    seconds: float
-    result: stats.ProportionComparison  # among sessions followed for at least that long
-
-
-@dataclass(frozen=True)
-class Insights:
-    survival: survival.SurvivalComparison | None
-    completed_within: CompletedWithin
-    power: power.PowerReport
-    lift_over_time: list[quality.DayPoint]
-    data_quality: quality.LossGuard
-
-    def to_dict(self) -> dict[str, Any]:
-        within = self.completed_within
-        return finite(
-            {
-                "time_to_complete_survival": {
-                    "definition": "seconds from assignment to completion; a session not completed is censored "
-                    "at its last event (Kaplan-Meier; log-rank test; restricted mean up to the horizon)",
-                    **(asdict(self.survival) if self.survival is not None else {"a": None, "b": None}),
-                    "completed_within": {"seconds": within.seconds, **asdict(within.result)},
-                },
-                "power": asdict(self.power),
-                "lift_over_time": [asdict(p) for p in self.lift_over_time],
-                "data_quality": asdict(self.data_quality),
-            }
-        )
 
 
 def _rows(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:

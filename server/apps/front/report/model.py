@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from server.apps.front.report.power import PowerReport
+from server.apps.front.report.quality import DayPoint, LossGuard
 from server.apps.front.report.stats import ProportionComparison, SampleGate, SRMResult, WelchResult
-
-if TYPE_CHECKING:
-    from server.apps.front.report.insights import Insights
+from server.apps.front.report.survival import SurvivalComparison
 
 T = TypeVar("T")
 
@@ -138,6 +138,44 @@ class TimeToComplete:
             **{v: asdict(t) if t is not None else None for v, t in self.by_variant.items()},
             "welch": asdict(self.welch) if self.welch is not None else None,
         }
+
+
+# --- issue 14's sections (computed by report/insights.py) ---------------------------------------------
+
+SURVIVAL_DEFINITION = (
+    "seconds from assignment to completion; a session not completed is censored at its last event "
+    "(Kaplan-Meier; log-rank test; restricted mean up to the horizon)"
+)
+
+
+@dataclass(frozen=True)
+class CompletedWithin:
+    seconds: float
+    result: ProportionComparison  # among sessions followed for at least that long
+
+
+@dataclass(frozen=True)
+class Insights:
+    survival: SurvivalComparison | None
+    completed_within: CompletedWithin
+    power: PowerReport
+    lift_over_time: list[DayPoint]
+    data_quality: LossGuard
+
+    def to_dict(self) -> dict[str, Any]:
+        within = self.completed_within
+        return finite(
+            {
+                "time_to_complete_survival": {
+                    "definition": SURVIVAL_DEFINITION,
+                    "comparison": asdict(self.survival) if self.survival is not None else None,
+                    "completed_within": {"seconds": within.seconds, **asdict(within.result)},
+                },
+                "power": asdict(self.power),
+                "lift_over_time": [asdict(p) for p in self.lift_over_time],
+                "data_quality": asdict(self.data_quality),
+            }
+        )
 
 
 @dataclass(frozen=True)
