@@ -162,7 +162,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    # Django's, skipped under AB_INGEST_PATH_PREFIX (flash messages are the admin's).
+    "server.apps.front.ingest.middleware.AdminMessageMiddleware",
+    # Kept for the JSON endpoints too: their answers have always carried X-Frame-Options.
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 

@@ -37,10 +37,19 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
+from django.test import RequestFactory
+from hypothesis import given
+from hypothesis import settings as settings_profile
+from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.test import APIClient
 
 from devtools.embedded import free_port
 from server.apps.front.ingest.authentication import OUTAGE
+from server.apps.front.ingest.views import IngestContentNegotiation
 from tests.ingest.conftest import ALLOWED_ORIGIN, BATCH_URL, SINGLE_URL
 
 pytestmark = pytest.mark.django_db(transaction=False)
@@ -294,3 +303,88 @@ def test_ingest_answers_are_byte_identical_to_the_recorded_ones(url: str, name: 
         path.write_text(json.dumps(got, indent=2, ensure_ascii=False) + "\n")
     expected = json.loads(path.read_text())
     assert got == expected
+
+
+# --- what the trimmed path no longer does (and what it never did) -----------------------------------------------
+
+
+@pytest.fixture
+def api_client(settings: Any) -> APIClient:
+    settings.CORS_ALLOWED_ORIGINS = [ALLOWED_ORIGIN]
+    return APIClient()
+
+
+@pytest.mark.parametrize("url", [SINGLE_URL, BATCH_URL])
+def test_ingest_builds_no_flash_message_storage(api_client: APIClient, url: str) -> None:
+    response = api_client.post(url, data=_single_or_batch(url, VALID), content_type="application/json")
+    assert response.status_code in (200, 201)
+    assert not hasattr(response.wsgi_request, "_messages")
+
+
+def test_the_admin_still_gets_its_flash_messages(api_client: APIClient) -> None:
+    response = api_client.get("/admin/login/")
+    assert response.status_code == 200
+    assert hasattr(response.wsgi_request, "_messages")
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json"])
+def test_a_plain_accept_header_is_answered_without_parsing_it(api_client: APIClient, accept: str | None) -> None:
+    extra = {} if accept is None else {"HTTP_ACCEPT": accept}
+    response = api_client.post(SINGLE_URL, data=_json(VALID), content_type="application/json", **extra)
+    assert response.status_code == 201
+    assert not hasattr(response.renderer_context["request"], "_parsed_accept_list")
+
+
+def test_any_other_accept_header_goes_through_the_full_negotiation(api_client: APIClient) -> None:
+    response = api_client.post(
+        SINGLE_URL, data=_json(VALID), content_type="application/json", HTTP_ACCEPT="application/json; indent=2"
+    )
+    assert response.status_code == 201
+    assert response.content == b'{\n  "success": true\n}'
+    assert hasattr(response.renderer_context["request"], "_parsed_accept_list")
+
+
+_MEDIA = st.sampled_from(
+    ["*/*", "application/json", "application/*", "text/html", "text/*", "application/xml", "json", "", " "]
+)
+_PARAMS = st.lists(
+    st.sampled_from(["q=0.5", "q=0", "indent=2", "indent=x", "charset=utf-8", "version=1", "="]), max_size=2
+)
+_ACCEPT = st.one_of(
+    st.none(),
+    st.lists(st.builds(lambda m, p: ";".join([m, *p]), _MEDIA, _PARAMS), max_size=3).map(", ".join),
+    st.text(max_size=40),
+)
+
+
+@settings_profile(max_examples=300, deadline=None)
+@given(
+    accept=_ACCEPT,
+    query=st.sampled_from(["", "format=json", "format=xml", "format=", "x=1"]),
+    suffix=st.sampled_from([None, "json", "xml"]),
+)
+def test_the_ingest_negotiation_chooses_exactly_as_drfs_default(
+    accept: str | None, query: str, suffix: str | None
+) -> None:
+    headers = {} if accept is None else {"HTTP_ACCEPT": accept}
+    try:
+        django_request = RequestFactory().post(f"{SINGLE_URL}?{query}", **headers)
+    except UnicodeEncodeError:
+        return  # not a header a WSGI server could pass on
+    outcomes = []
+    for negotiation in (DefaultContentNegotiation(), IngestContentNegotiation()):
+        try:
+            renderer, media_type = negotiation.select_renderer(Request(django_request), [JSONRenderer()], suffix)
+            outcomes.append((type(renderer), media_type))
+        except Exception as exc:  # the kind of refusal (406, 404) is what is compared
+            outcomes.append((type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_an_anonymous_event_reads_nothing_from_postgresql(
+    api_client: APIClient, django_assert_num_queries: Any
+) -> None:
+    # The session is loaded lazily and, with no session cookie, never from the database.
+    with django_assert_num_queries(0):
+        response = api_client.post(SINGLE_URL, data=_json(VALID), content_type="application/json")
+    assert response.status_code == 201
