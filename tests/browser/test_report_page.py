@@ -50,9 +50,14 @@ def test_admin_report_page_renders_its_charts(live_server: Any, tmp_path: Path) 
             page.click("input[type=submit]")
             page.wait_for_url("**/admin/ab-report/")
             page.wait_for_selector("#ab-chart-time svg.main-svg", timeout=20_000)
-            assert page.locator(".js-plotly-plot").count() == 4
-            for chart in ("ab-chart-funnel", "ab-chart-lift", "ab-chart-dropout", "ab-chart-time"):
+            assert page.locator(".js-plotly-plot").count() == 6
+            charts = ("ab-chart-funnel", "ab-chart-lift", "ab-chart-dropout", "ab-chart-time")
+            for chart in (*charts, "ab-chart-survival", "ab-chart-lift-over-time"):
                 assert page.locator(f"#{chart}.js-plotly-plot svg.main-svg").count() >= 1, chart
+            # Issue 14: a Kaplan-Meier line and band per variant; the lift per day with the daily split.
+            assert page.locator("#ab-chart-survival g.trace.scatter").count() == 4
+            assert page.locator("#ab-chart-lift-over-time g.trace").count() == 2
+            assert "Equal loss test" in page.inner_text("#ab-insights")
             # Bars were drawn: one per stage and variant (fast: 3 steps + 3 stages, deep: 4 + 3).
             assert page.locator("#ab-chart-funnel g.point").count() == 13
             assert "deep wins" in page.inner_text("#ab-verdict")

@@ -120,3 +120,4 @@ def test_sections_from_the_database_equal_the_statistics_on_what_was_sent(client
 
     text = format_text(analyse())
     assert "Log-rank test" in text and "Event loss, deep" in text and "Minimum detectable effect" in text
+    assert "time to complete (ms)" in text and "(description only, not tested)" in text

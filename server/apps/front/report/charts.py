@@ -146,7 +146,7 @@ def _survival_chart(report: Report) -> go.Figure:
             hoverinfo="skip",
         )
     fig.update_layout(
-        title="Completed by time since assignment (Kaplan-Meier, every assigned session; band: 95%)",
+        title="Completed by time since assignment (Kaplan-Meier, 95% band)",
         xaxis_title="seconds since assignment",
         yaxis_tickformat=".0%",
     )
@@ -188,6 +188,7 @@ def _lift_over_time_chart(report: Report) -> go.Figure:
     fig.add_hline(y=0, line_dash="dash", line_color="grey")
     fig.update_yaxes(tickformat=".0%", title_text="cumulative relative lift", secondary_y=False)
     fig.update_yaxes(tickformat=".0%", range=[0, 1], title_text="daily split", secondary_y=True)
+    fig.update_xaxes(type="category")  # one point per day of assignment, labelled by its date
     fig.update_layout(title="Lift over time (cumulative, 95% interval) and the daily split", barmode="overlay")
     return fig
 

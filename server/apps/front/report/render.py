@@ -126,9 +126,12 @@ def format_text(report: Report) -> str:
     for m in report.secondary:
         scale = f.seconds if m.kind == "mean" else f.pct
         diff = f.seconds(m.diff, "+") if m.kind == "mean" else f.points(m.diff)
-        lines.append(
-            f"  {m.metric:<24} {a} {scale(m.control):>8}  {b} {scale(m.treatment):>8}  diff {diff:>10}  "
+        untested = m.kind == "mean" and report.insights is not None  # description only (survivorship)
+        tail = "  (description only, not tested)" if untested else (
             f"p {f.p(m.p_value):>8}  adj {f.p(m.p_adjusted):>8}{'  *' if m.significant else ''}"
+        )
+        lines.append(
+            f"  {m.metric:<24} {a} {scale(m.control):>8}  {b} {scale(m.treatment):>8}  diff {diff:>10}  {tail}"
         )
     for variant in (a, b):
         lines += ["", f"Funnel {variant} (share of assigned [95% CI], step-to-step):"]
@@ -192,7 +195,8 @@ def display(report: Report) -> dict[str, Any]:
                 "control": f.seconds(m.control) if m.kind == "mean" else f.pct(m.control),
                 "treatment": f.seconds(m.treatment) if m.kind == "mean" else f.pct(m.treatment),
                 "diff": f.seconds(m.diff, "+") if m.kind == "mean" else f.points(m.diff),
-                "p": f.p(m.p_value),
+                # The completers-only time is description once the survival test exists (no p shown).
+                "p": "not tested" if m.kind == "mean" and report.insights is not None else f.p(m.p_value),
                 "p_adjusted": f.p(m.p_adjusted),
                 "significant": m.significant,
             }
