@@ -55,7 +55,7 @@ def test_admin_report_page_renders_its_charts(live_server: Any, tmp_path: Path) 
             for chart in (*charts, "ab-chart-survival", "ab-chart-lift-over-time"):
                 assert page.locator(f"#{chart}.js-plotly-plot svg.main-svg").count() >= 1, chart
             # Issue 14: a Kaplan-Meier line and band per variant; the lift per day with the daily split.
-            assert page.locator("#ab-chart-survival g.trace.scatter").count() == 4
+            assert page.locator("#ab-chart-survival g.trace.scatter").count() == 6
             assert page.locator("#ab-chart-lift-over-time g.trace").count() == 2
             assert "Equal loss test" in page.inner_text("#ab-insights")
             # Bars were drawn: one per stage and variant (fast: 3 steps + 3 stages, deep: 4 + 3).

@@ -183,3 +183,17 @@ def test_a_true_speed_up_is_found_by_log_rank_and_rmst():
     logrank_p, rmst_p = _survival_tests(ta, ~quits_a, tb, ~quits_b, horizon=180.0)
     assert (logrank_p < 0.05).mean() >= 0.9
     assert (rmst_p < 0.05).mean() >= 0.9
+
+
+def test_median_interval_ignores_the_band_where_it_is_undefined():
+    # Sessions censored before the first completion: the curve is still 1 there and scipy's log-log band
+    # is undefined (nan); it must not read as "already below one half".
+    rng = np.random.default_rng(6)
+    done_a = rng.exponential(100, 500) + 50
+    seconds = np.concatenate([np.arange(1.0, 21.0), done_a])
+    completed = np.concatenate([np.zeros(20, bool), np.ones(500, bool)])
+    result = survival.compare_survival(seconds, completed, seconds, completed)
+    assert result is not None
+    arm = result.a
+    assert 50 < arm.median_low < arm.median_seconds < arm.median_high
+    assert all(p.low <= p.not_completed <= p.high for p in arm.curve)

@@ -135,13 +135,23 @@ def _survival_chart(report: Report) -> go.Figure:
             line={"shape": "hv", "color": COLORS.get(variant)},
             hovertemplate="%{x:.0f} s: %{y:.1%} completed<extra>" + variant + "</extra>",
         )
+        # The band: its upper edge, then its lower edge filled up to it (both drawn forward as steps).
         fig.add_scatter(
-            x=x + x[::-1],
-            y=[0.0] + [1 - p.low for p in arm.curve] + ([1 - p.high for p in arm.curve][::-1] + [0.0]),
-            fill="toself",
+            x=x,
+            y=[0.0] + [1 - p.low for p in arm.curve],
+            mode="lines",
+            line={"width": 0, "shape": "hv"},
+            showlegend=False,
+            hoverinfo="skip",
+        )
+        fig.add_scatter(
+            x=x,
+            y=[0.0] + [1 - p.high for p in arm.curve],
+            mode="lines",
+            fill="tonexty",
             line={"width": 0, "shape": "hv"},
             fillcolor=COLORS.get(variant),
-            opacity=0.15,
+            opacity=0.2,
             showlegend=False,
             hoverinfo="skip",
         )

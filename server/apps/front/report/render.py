@@ -13,6 +13,11 @@ from server.apps.front.report.model import Report
 # --- issue 14's sections (report/insights.py), as (label, value) rows for both renderings -----------------
 
 
+def _p_is(f: Formatter, value: float | None) -> str:
+    text = f.p(value)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def insight_rows(report: Report, f: Formatter) -> list[tuple[str, str]]:
     """Survival time to complete, power and duration, data quality: one row per figure (empty without them)."""
     ins = report.insights
@@ -37,17 +42,17 @@ def insight_rows(report: Report, f: Formatter) -> list[tuple[str, str]]:
             (
                 f"Restricted mean difference ({b} − {a})",
                 f"{sec(s.rmst_diff, '+')} [{sec(s.rmst_diff_low, '+')}, {sec(s.rmst_diff_high, '+')}], "
-                f"p = {f.p(s.rmst_diff_p)}",
+                + _p_is(f, s.rmst_diff_p),
             )
         )
-        rows.append(("Log-rank test (equal time-to-complete curves)", f"p = {f.p(s.logrank_p)}"))
+        rows.append(("Log-rank test (equal time-to-complete curves)", _p_is(f, s.logrank_p)))
     w = ins.completed_within
     r = w.result
     rows.append(
         (
             f"Completed within {sec(w.seconds)} (sessions followed that long)",
             f"{a} {f.pct(r.rate_a)} ({r.x_a:,}/{r.n_a:,}), {b} {f.pct(r.rate_b)} ({r.x_b:,}/{r.n_b:,}); "
-            f"difference {f.points(r.diff)} [{f.points(r.diff_low)}, {f.points(r.diff_high)}], p = {f.p(r.p_value)}",
+            f"difference {f.points(r.diff)} [{f.points(r.diff_low)}, {f.points(r.diff_high)}], {_p_is(f, r.p_value)}",
         )
     )
     pw = ins.power
@@ -80,7 +85,7 @@ def insight_rows(report: Report, f: Formatter) -> list[tuple[str, str]]:
     rows.append(
         (
             "Equal loss test (sessions as clusters) · dead letters",
-            f"p = {f.p(g.loss_p)} · p = {f.p(g.dead_letter_p)} (refuses a verdict below {g.threshold:g})",
+            f"{_p_is(f, g.loss_p)} · {_p_is(f, g.dead_letter_p)} (refuses a verdict below {g.threshold:g})",
         )
     )
     if ins.lift_over_time:

@@ -182,8 +182,11 @@ def _curve(sf: object, confidence: float, max_points: int) -> tuple[list[CurvePo
             warnings.simplefilter("ignore", RuntimeWarning)
             band = sf.confidence_interval(confidence, method="log-log")  # type: ignore[attr-defined]
         with np.errstate(invalid="ignore"):
-            low = np.nan_to_num(np.asarray(band.low.evaluate(quantiles), dtype=float), nan=0.0)
-            high = np.nan_to_num(np.asarray(band.high.evaluate(quantiles), dtype=float), nan=1.0)
+            low = np.asarray(band.low.evaluate(quantiles), dtype=float)
+            high = np.asarray(band.high.evaluate(quantiles), dtype=float)
+        # Undefined where the estimate is 1 or 0 (no uncertainty in the log-log scale): the estimate itself.
+        low = np.where(np.isnan(low), values, low)
+        high = np.where(np.isnan(high), values, high)
     else:
         low = high = values
     # A chart needs a few hundred points at most: keep every step's end on an even thinning.
