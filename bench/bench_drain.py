@@ -19,23 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import emit, ensure_database, median, reset, setup_django
-
-
-def build_items(n: int) -> list[bytes]:
-    import uuid
-    from datetime import UTC, datetime
-
-    from bench.common import event_body
-    from server.apps.front.pipeline import queue
-
-    received_at = datetime.now(UTC)
-    items = []
-    for i in range(n):
-        data = event_body(i)
-        data["event_id"] = uuid.uuid4()
-        items.append(queue.encode_event(data, user_id=None, received_at=received_at))
-    return items
+from bench.common import emit, ensure_database, median, queue_items, reset, setup_django
 
 
 def push_all(items: list[bytes]) -> None:
@@ -85,7 +69,7 @@ def main() -> None:
     from django.conf import settings
 
     batch_size = args.batch_size or settings.AB_BATCH_SIZE
-    items = build_items(args.events)
+    items = queue_items(args.events)
     print(f"{args.events} events, batch size {batch_size}")
     print(f"{'run':<8} {'drain ev/s':>12} {'raw ev/s':>12} {'ratio':>7}")
     drains, raws = [], []

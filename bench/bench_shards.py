@@ -35,24 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bench_redis_url, emit, ensure_database, event_body, median, reset, setup_django
+from bench.common import bench_redis_url, emit, ensure_database, median, queue_items, reset, setup_django
 from devtools.cluster import RedisCluster
-
-
-def build_items(n: int) -> list[bytes]:
-    import uuid
-    from datetime import UTC, datetime
-
-    from server.apps.front.pipeline import queue
-
-    received_at = datetime.now(UTC)
-    items = []
-    for i in range(n):
-        data = event_body(i)
-        data["session_id"] = f"bench-shard-{uuid.uuid4().hex[:12]}"  # spread over the shards
-        data["event_id"] = uuid.uuid4()
-        items.append(queue.encode_event(data, user_id=None, received_at=received_at))
-    return items
 
 
 def _fresh_client() -> None:
@@ -178,7 +162,7 @@ def main() -> None:
             AB_QUEUE_REDIS_URL=cluster.url, AB_QUEUE_REDIS_CLUSTER="true", CELERY_BROKER_URL=bench_redis_url()
         )
         ensure_database()
-        items = build_items(args.events)
+        items = queue_items(args.events, session_prefix="bench-shard-")
         print(f"cluster {cluster.binary} ports {cluster.ports}; {args.events} events, {args.procs} processes")
         print(f"load average before: {os.getloadavg()}")
         measure(cluster, items[: min(5000, len(items))], sides[0], args.procs, args.batch_size)  # warm-up

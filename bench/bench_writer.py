@@ -35,15 +35,14 @@ import io
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import emit, event_body, median, setup_django
+from bench.common import emit, median, queue_items, setup_django
 
 KEY_PREFIX = "abbench-writer"
 
@@ -89,18 +88,6 @@ def reset() -> None:
     keys = list(client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000))
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])
-
-
-def build_items(n: int) -> list[bytes]:
-    from server.apps.front.pipeline import queue
-
-    received_at = datetime.now(UTC)
-    items = []
-    for i in range(n):
-        data = event_body(i)
-        data["event_id"] = uuid.uuid4()
-        items.append(queue.encode_event(data, user_id=None, received_at=received_at, event_time=received_at))
-    return items
 
 
 def _batches(rows: list, size: int) -> list[list]:
@@ -224,11 +211,11 @@ def main() -> None:
         sides["drain-drop"] = lambda items: time_drain(items, batch_size, staging="drop")
     names = list(sides)
 
-    warm = build_items(min(args.events, 5000))
+    warm = queue_items(min(args.events, 5000), with_event_time=True)
     for name in names:
         reset()
         sides[name](warm)
-    items = build_items(args.events)
+    items = queue_items(args.events, with_event_time=True)
     print(f"{args.events} events, batch size {batch_size}, load average {os.getloadavg()}")
     print("round  " + " ".join(f"{name:>12}" for name in names) + "   (events/s)")
     rates: dict[str, list[float]] = {name: [] for name in names}

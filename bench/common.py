@@ -292,6 +292,31 @@ def event_body(n: int = 0) -> dict[str, Any]:
     }
 
 
+def queue_items(
+    n: int, *, session_prefix: str | None = None, with_event_time: bool = False
+) -> list[bytes]:
+    """``n`` queued events as the endpoint encodes them (through the queue's codec; needs setup_django()).
+
+    ``session_prefix``: one random session per event under that prefix (spreads them over queue shards).
+    ``with_event_time``: the corrected client time the endpoint sets when the client sends one.
+    """
+    import uuid
+    from datetime import UTC, datetime
+
+    from server.apps.front.pipeline import queue
+
+    received_at = datetime.now(UTC)
+    items = []
+    for i in range(n):
+        data = event_body(i)
+        if session_prefix is not None:
+            data["session_id"] = f"{session_prefix}{uuid.uuid4().hex[:12]}"
+        data["event_id"] = uuid.uuid4()
+        event_time = received_at if with_event_time else None
+        items.append(queue.encode_event(data, user_id=None, received_at=received_at, event_time=event_time))
+    return items
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
