@@ -21,6 +21,7 @@ urlpatterns = [
     path("api/schema/ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-ui"),
     # The experiment report page (staff only), before the admin's catch-all.
     path("admin/ab-report/", report_views.admin_report, name="ab-report-admin"),
+    path("admin/ab-report/record/", report_views.admin_record, name="ab-report-record"),
     path("admin/ab-report/plotly.min.js", report_views.plotly_js, name="ab-report-plotly-js"),
     path("admin/", admin.site.urls),
 ]

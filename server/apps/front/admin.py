@@ -10,14 +10,17 @@ its ``(user, timestamp)`` index.
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
 
-from .models import ABEvent
+from .models import ABEvent, ReportSnapshot
+from .report import record
 
 
 def search_filter(term: str) -> Q:
@@ -95,4 +98,42 @@ class ABEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: ABEvent | None = None) -> bool:
         """The admin is read-only: events are facts, never edited."""
+        return False
+
+
+@admin.register(ReportSnapshot)
+class ReportSnapshotAdmin(admin.ModelAdmin):
+    """Decision records (report/record.py): listed and shown, never added, changed or deleted here.
+
+    New ones come from the "Record this report" button on the A/B report page or ``ab_report --record``.
+    """
+
+    list_display = ["recorded_at", "recorded_by", "verdict", "hash_prefix", "note"]
+    list_filter = ["verdict"]
+    date_hierarchy = "recorded_at"
+    fields = ["recorded_at", "recorded_by", "note", "verdict", "code_version", "sha256", "integrity", "frozen"]
+    readonly_fields = fields
+
+    @admin.display(description="SHA-256")
+    def hash_prefix(self, obj: ReportSnapshot) -> str:
+        return obj.sha256[:12]
+
+    @admin.display(description="Integrity")
+    def integrity(self, obj: ReportSnapshot) -> str:
+        return "document matches its SHA-256" if obj.verify() else "TAMPERED: document does not match its SHA-256"
+
+    @admin.display(description="Frozen report (inputs, settings, code version, report)")
+    def frozen(self, obj: ReportSnapshot) -> str:
+        return format_html(
+            '<pre id="ab-snapshot-document" style="white-space: pre-wrap; max-height: 60em; overflow: auto">{}</pre>',
+            json.dumps(record.load(obj), indent=2, sort_keys=True, ensure_ascii=False),
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ReportSnapshot | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: ReportSnapshot | None = None) -> bool:
         return False

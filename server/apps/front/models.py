@@ -163,3 +163,46 @@ class ABSession(models.Model):
 
     def __str__(self) -> str:
         return f"{self.session_id} - {self.variant}"
+
+
+class SnapshotFrozen(Exception):
+    """Raised on any attempt to change a stored report snapshot."""
+
+
+class ReportSnapshot(models.Model):
+    """A decision record: the report as it stood when someone recorded it, frozen (report/record.py).
+
+    ``document`` is the canonical JSON (orjson, sorted keys) of the report together with its inputs, the
+    relevant settings, the code version, who recorded it, when, and the note; ``sha256`` is the hash of
+    exactly those bytes. The other columns repeat what the document says, for the admin's list; ``verify()``
+    checks both. Rows are only ever inserted: ``save()`` refuses an existing row and a trigger
+    (migration 0005) refuses any UPDATE, so later data cannot change a decision already taken.
+    """
+
+    recorded_at = models.DateTimeField(db_index=True, help_text="Когда записан")
+    recorded_by = models.CharField(max_length=150, help_text="Кто записал")
+    note = models.TextField(blank=True, default="", help_text="Заметка")
+    code_version = models.CharField(max_length=100, help_text="Версия кода (git commit или версия пакета)")
+    verdict = models.CharField(max_length=200, help_text="Вердикт отчёта")
+    document = models.TextField(help_text="Канонический JSON отчёта с входными данными")
+    sha256 = models.CharField(max_length=64, help_text="SHA-256 канонического JSON")
+
+    class Meta:
+        db_table = "ab_report_snapshots"
+        ordering = ["-recorded_at"]
+
+    def __str__(self) -> str:
+        return f"{self.recorded_at:%Y-%m-%d %H:%M} {self.verdict} {self.sha256[:12]}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        # Only the first save inserts; any later one would overwrite a decision already recorded.
+        if not self._state.adding:
+            raise SnapshotFrozen(f"report snapshot {self.pk} is frozen and cannot be changed")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    def verify(self) -> bool:
+        """True when the document still hashes to ``sha256`` and the listed columns agree with it."""
+        from server.apps.front.report.record import verify_snapshot
+
+        return verify_snapshot(self)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from functools import lru_cache
 
 import plotly
-from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
+from django.contrib import admin, messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.views.decorators.http import require_POST
 from plotly.offline import get_plotlyjs
 from rest_framework import exceptions
 from rest_framework.permissions import IsAdminUser
@@ -20,6 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from server.apps.front.report import record
 from server.apps.front.report.build import analyse, build_report, options_from_query
 from server.apps.front.report.charts import charts
 from server.apps.front.report.render import display
@@ -59,6 +62,20 @@ def _admin_report(request: HttpRequest) -> TemplateResponse:
     return TemplateResponse(request, "admin/ab_report.html", context)
 
 
+def _admin_record(request: HttpRequest) -> HttpResponse:
+    """POST from the report page's "Record this report" form: the same options as the page, plus a note."""
+    try:
+        options = options_from_query(request.POST)
+    except ValueError as exc:
+        messages.error(request, f"Not recorded: {exc}")
+        return HttpResponseRedirect(reverse("ab-report-admin"))
+    snapshot = record.record(
+        recorded_by=request.user.get_username(), note=request.POST.get("note", "").strip(), **options
+    )
+    messages.success(request, f"Recorded: {snapshot.verdict} (sha256 {snapshot.sha256[:12]}).")
+    return HttpResponseRedirect(reverse("admin:front_reportsnapshot_change", args=[snapshot.pk]))
+
+
 @lru_cache(maxsize=1)
 def _plotly_js_bytes() -> bytes:
     return get_plotlyjs().encode("utf-8")
@@ -72,4 +89,5 @@ def _plotly_js(request: HttpRequest) -> HttpResponse:
 
 
 admin_report = admin.site.admin_view(_admin_report)
+admin_record = admin.site.admin_view(require_POST(_admin_record))
 plotly_js = admin.site.admin_view(_plotly_js, cacheable=True)

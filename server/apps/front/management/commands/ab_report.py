@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from server.apps.front.experiment import parse_split
+from server.apps.front.report import record
 from server.apps.front.report.build import analyse, parse_moment
 from server.apps.front.report.render import format_text
 
@@ -25,6 +27,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--sequential", action="store_true", default=None, help="decide with the always-valid interval"
         )
+        parser.add_argument(
+            "--record",
+            action="store_true",
+            help="store the report as a frozen, hashed decision record (ReportSnapshot) and print its hash",
+        )
+        parser.add_argument("--note", default="", help="with --record: why it was recorded (e.g. the decision)")
+        parser.add_argument("--by", help="with --record: who records it (default: the OS user)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
@@ -33,5 +42,32 @@ class Command(BaseCommand):
             split = parse_split(opts["expected_split"]) if opts["expected_split"] else None
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        if opts["record"]:
+            snapshot = record.record(
+                recorded_by=opts["by"] or _os_user(),
+                note=opts["note"],
+                since=since,
+                until=until,
+                expected_split=split,
+                sequential=opts["sequential"],
+            )
+            frozen = record.load(snapshot)
+            self.stdout.write(
+                json.dumps(frozen, indent=2)
+                if opts["json"]
+                else f"Recorded snapshot {snapshot.pk} at {snapshot.recorded_at.isoformat()} by "
+                f"{snapshot.recorded_by}: {snapshot.verdict}\nsha256 {snapshot.sha256}\n"
+                f"code {snapshot.code_version}"
+            )
+            return
+        if opts["note"] or opts["by"]:
+            raise CommandError("--note and --by only go with --record")
         report = analyse(since, until, expected_split=split, sequential=opts["sequential"])
         self.stdout.write(json.dumps(report.to_dict(), indent=2) if opts["json"] else format_text(report))
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        return "unknown"
