@@ -29,6 +29,7 @@ def queue_item(
     age_seconds: float = 0.0,
     client_ts: datetime | None = None,
     event_time: datetime | None = None,
+    seq: int | None = None,
 ) -> bytes:
     """One queued event exactly as the endpoint encodes it.
 
@@ -46,5 +47,7 @@ def queue_item(
         "metadata": metadata or {},
         "client_ts": client_ts,
     }
+    if seq is not None:
+        data["seq"] = seq
     received = received_at or timezone.now() - timedelta(seconds=age_seconds)
     return queue.encode_event(data, user_id=user_id, received_at=received, event_time=event_time)

@@ -35,12 +35,16 @@ def session_events(rng: random.Random, sid: str) -> list[dict[str, Any]]:
     other = "deep" if variant == "fast" else "fast"
     start = T0 + timedelta(minutes=rng.randint(0, 3 * 24 * 60))
     out: list[dict[str, Any]] = []
+    # Most sessions number their events (abtrack's seq), now and then skipping a number: an event lost.
+    numbered = rng.random() < 0.7
+    seq = [0]
 
     def add(event_type: str, step: int | None = None, ms: Any = None, v: str = variant) -> None:
         at = start + timedelta(seconds=len(out) * rng.randint(1, 90))
         metadata = {} if ms is None else {"time_spent_ms": ms}
         # Half the events carry a client clock (event_time), the others only the receive time.
         client = rng.random() < 0.5
+        seq[0] += 2 if rng.random() < 0.1 else 1
         out.append(
             dict(
                 session_id=sid,
@@ -51,6 +55,7 @@ def session_events(rng: random.Random, sid: str) -> list[dict[str, Any]]:
                 received_at=at + timedelta(seconds=rng.randint(0, 30)),
                 client_ts=at if client else None,
                 event_time=at if client else None,
+                seq=seq[0] if numbered else None,
             )
         )
 

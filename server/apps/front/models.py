@@ -151,6 +151,11 @@ class ABSession(models.Model):
     assigned_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # The client's per-session numbering (ABEvent.seq; abtrack.js sends it): the highest number stored and how
+    # many stored events carry one. Their difference is the number of the session's events that never arrived
+    # (the report's event-loss guard).
+    seq_max = models.IntegerField(null=True, blank=True)
+    seq_events = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         db_table = "ab_sessions"

@@ -16,8 +16,8 @@ and were analysed, i.e. assigned to exactly one variant):
 - ab_sessions: per variant and whole second since assignment, the sessions
   that completed then or were censored then (their last event), and the
   completed-within-T counts; per day of assignment, assigned and completed;
-- ab_events: per session the highest ``seq`` and the number of distinct ones
-  (a scan of the selected sessions' events: the rollup has no seq columns yet);
+- ab_sessions' ``seq_max`` / ``seq_events``: per session the highest ``seq`` stored and how many stored
+  events carry one (the rollup keeps them, so no statement here reads ab_events);
 - the queue's dead letters (Redis), by variant and when they were dead-lettered.
 """
 
@@ -68,18 +68,20 @@ DAILY_SQL = f"""SELECT variant, (COALESCE(assigned_at, first_event_at) AT TIME Z
         count(*) AS assigned, count(*) FILTER (WHERE completed) AS completed
     FROM ab_sessions WHERE {_ANALYSED} GROUP BY 1, 2 ORDER BY 2"""
 
-LOSS_SQL = f"""WITH selected AS MATERIALIZED (SELECT session_id, variant, events FROM ab_sessions WHERE {_ANALYSED}),
-    numbered AS (
-        SELECT e.session_id, max(e.seq)::bigint AS expected, (max(e.seq) - count(DISTINCT e.seq))::bigint AS lost
-        FROM ab_events e JOIN selected s USING (session_id)
-        WHERE e.seq IS NOT NULL GROUP BY e.session_id
+# Per session, from the rollup: expected = the highest seq stored, lost = the numbers below it that never
+# arrived (expected minus the events that carry a seq; a client that numbered two events alike cannot make it
+# negative). Stored events are idempotent by event_id, so a redelivered event never counts twice.
+LOSS_SQL = f"""WITH numbered AS (
+        SELECT variant, events, seq_max::bigint AS expected,
+            greatest(seq_max - seq_events, 0)::bigint AS lost
+        FROM ab_sessions WHERE {_ANALYSED}
     )
-    SELECT s.variant, sum(s.events)::bigint AS stored, count(n.session_id) AS n,
-        coalesce(sum(n.lost), 0)::bigint AS lost, coalesce(sum(n.expected), 0)::bigint AS expected,
-        coalesce(sum(n.lost * n.lost), 0)::numeric AS lost2,
-        coalesce(sum(n.expected * n.expected), 0)::numeric AS expected2,
-        coalesce(sum(n.lost * n.expected), 0)::numeric AS cross
-    FROM selected s LEFT JOIN numbered n USING (session_id) GROUP BY s.variant"""
+    SELECT variant, sum(events)::bigint AS stored, count(expected) AS n,
+        coalesce(sum(lost), 0)::bigint AS lost, coalesce(sum(expected), 0)::bigint AS expected,
+        coalesce(sum(lost * lost), 0)::numeric AS lost2,
+        coalesce(sum(expected * expected), 0)::numeric AS expected2,
+        coalesce(sum(lost * expected), 0)::numeric AS cross
+    FROM numbered GROUP BY variant"""
 
 
 def _rows(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -88,6 +88,8 @@ COLUMNS = (
     "assigned_at",
     "started_at",
     "completed_at",
+    "seq_max",
+    "seq_events",
 )
 
 
@@ -123,7 +125,9 @@ def session_rows_sql(source: str) -> str:
             max({at}) AS last_event_at,
             min({at}) FILTER (WHERE e.event_type = {t["assigned"]}) AS assigned_at,
             min({at}) FILTER (WHERE e.event_type = {t["started"]}) AS started_at,
-            min({at}) FILTER (WHERE e.event_type = {t["completed"]}) AS completed_at
+            min({at}) FILTER (WHERE e.event_type = {t["completed"]}) AS completed_at,
+            max(e.seq) AS seq_max,
+            count(e.seq) AS seq_events
         FROM {source} AS e
         GROUP BY e.session_id
     ) AS a LEFT JOIN (
@@ -139,13 +143,13 @@ def session_rows_sql(source: str) -> str:
 def _merge(column: str) -> str:
     """How an existing row (``s``) and a delta (``EXCLUDED``) combine, commutatively and associatively."""
     old, new = f"s.{column}", f"EXCLUDED.{column}"
-    if column == "events":
+    if column in ("events", "seq_events"):
         return f"{old} + {new}"
     if column in ("started", "completed", "abandoned"):
         return f"{old} OR {new}"
     if column in ("variant", "min_variant", "min_step", "first_event_at", "assigned_at", "started_at", "completed_at"):
         return f"LEAST({old}, {new})"  # LEAST/GREATEST skip NULLs
-    if column in ("max_variant", "abandoned_step", "max_step", "last_event_at"):
+    if column in ("max_variant", "abandoned_step", "max_step", "last_event_at", "seq_max"):
         return f"GREATEST({old}, {new})"
     if column == "step_ms":
         return (
