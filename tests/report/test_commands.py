@@ -81,6 +81,16 @@ def test_ab_simulate_goes_through_the_queue_and_the_report_finds_what_was_made()
     assert {v: report["primary"][k] for v, k in (("fast", "x_a"), ("deep", "x_b"))} == tally.completed
     assert report["verdict"] == "deep wins"
     assert [s["stage"] for s in report["funnel"]["deep"]][-2:] == ["step_6", "completed"]
+    # As abtrack.js sends them: every event numbered per session and carrying the client's clock, so the
+    # survival time to complete and the event-loss guard have data (nothing is lost in a simulation).
+    assert not ABEvent.objects.filter(seq__isnull=True).exists()
+    assert not ABEvent.objects.filter(event_time__isnull=True).exists()
+    loss = report["data_quality"]
+    assert loss["unequal"] is False
+    assert all(arm["sessions_with_seq"] > 0 and arm["lost_events"] == 0 for arm in loss["arms"].values()), loss
+    survival = report["time_to_complete_survival"]["comparison"]
+    assert survival["a"]["completed"] > 0 and survival["b"]["completed"] > 0
+    assert survival["a"]["rmst_seconds"] > 30 and survival["b"]["rmst_seconds"] > 30, survival
 
 
 def test_ab_simulate_with_a_skewed_split_trips_the_srm_check() -> None:

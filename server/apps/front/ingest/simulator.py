@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from server.apps.front import experiment
@@ -107,13 +109,27 @@ def session_events(plan: Plan, rng: random.Random, tally: Tally) -> list[dict[st
     else:
         tally.sessions[variant] += 1
         tally.completed[variant] += completed
+    # Client clocks as abtrack.js sends them: the session ended a little before the batch is sent (the
+    # simulator's "now"), each event at the session's start plus the step times so far, so the report's
+    # survival time to complete has real durations; a per-session seq numbers the events as the SDK does.
+    durations = [int(e.get("metadata", {}).get("time_spent_ms", 0)) for e in events]
+    end_ms = int(time.time() * 1000) - rng.randint(1_000, 3_600_000)
+    at_ms = end_ms - sum(durations)
     out = []
     for index, event in enumerate(events):
-        event.update(session_id=sid, variant=variant if index < switch_at else other, event_id=str(uuid.uuid4()))
+        at_ms += durations[index]
+        event.update(
+            session_id=sid,
+            variant=variant if index < switch_at else other,
+            event_id=str(uuid.uuid4()),
+            client_ts=at_ms,
+        )
         out.append(event)
         if rng.random() < plan.duplicates:
             out.append({**event, "event_id": str(uuid.uuid4())})  # double-fired: a new id, so it is stored
             tally.duplicates += 1
+    for seq, event in enumerate(out, start=1):
+        event["seq"] = seq  # a double-fired call is a call of its own to the SDK: the next number
     tally.events += len(out)
     return out
 
@@ -141,7 +157,8 @@ def push_batch(batch: list[dict[str, Any]]) -> None:
     valid, outcome = service.validate(batch)
     if outcome.rejected:
         raise ValueError(f"the simulator produced an event the endpoint refuses: {outcome.rejected[0]['errors']}")
-    service.enqueue(valid)
+    # sent_at "now" on the simulated client's clock (the same as the server's): client_ts becomes event_time.
+    service.enqueue(valid, sent_at=datetime.now(UTC))
 
 
 def make_plan(opts: dict[str, Any]) -> Plan:
