@@ -1,9 +1,9 @@
 """ab_sessions keeps the client's per-session numbering: seq_max and seq_events (issue 14's event-loss guard).
 
 The report's loss figures read them from the rollup instead of scanning ab_events (1.04 s of a 1.76 s report over
-1M events before). The trigger functions are re-installed with the new fold: a frozen copy of
-report/rollup.py's install_sql() at the time of this migration (tests/report/test_rollup.py checks the installed
-bodies equal the code's). Existing sessions are back-filled from their events.
+1M events before). The trigger functions whose fold changed are re-installed: a frozen copy of those bodies of
+report/rollup.py at the time of this migration (tests/report/test_rollup.py checks the installed bodies equal the
+code's); tables and triggers are 0003's. Existing sessions are back-filled from their events.
 """
 
 import importlib
@@ -11,32 +11,6 @@ import importlib
 from django.db import migrations, models
 
 INSTALL_SQL = r'''
-CREATE TABLE IF NOT EXISTS ab_report_funnel (
-    status text NOT NULL, variant text NOT NULL, max_step integer NOT NULL, abandoned_step integer NOT NULL,
-    min_step integer NOT NULL,
-    sessions bigint NOT NULL, events bigint NOT NULL, started bigint NOT NULL, completed bigint NOT NULL,
-    abandoned bigint NOT NULL,
-    PRIMARY KEY (status, variant, max_step, abandoned_step, min_step)
-);
-CREATE TABLE IF NOT EXISTS ab_report_step_values (
-    step integer NOT NULL, bucket integer NOT NULL, ms double precision NOT NULL, variant text NOT NULL,
-    sessions bigint NOT NULL,
-    PRIMARY KEY (step, bucket, ms, variant)
-);
-CREATE TABLE IF NOT EXISTS ab_report_step_buckets (
-    variant text NOT NULL, step integer NOT NULL, bucket integer NOT NULL,
-    sessions bigint NOT NULL, sum_ms numeric NOT NULL,
-    PRIMARY KEY (variant, step, bucket)
-);
-CREATE TABLE IF NOT EXISTS ab_report_total_values (
-    bucket integer NOT NULL, total_ms double precision NOT NULL, variant text NOT NULL, sessions bigint NOT NULL,
-    PRIMARY KEY (bucket, total_ms, variant)
-);
-CREATE TABLE IF NOT EXISTS ab_report_total_buckets (
-    variant text NOT NULL, bucket integer NOT NULL,
-    sessions bigint NOT NULL, sum_ms numeric NOT NULL, sum_sq numeric NOT NULL,
-    PRIMARY KEY (variant, bucket)
-);
 CREATE OR REPLACE FUNCTION ab_sessions_on_insert() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
     PERFORM pg_advisory_xact_lock(27411234838377331);
@@ -134,192 +108,6 @@ BEGIN
     RETURN NULL;
 END
 $body$;
-CREATE OR REPLACE FUNCTION ab_sessions_on_truncate() RETURNS trigger LANGUAGE plpgsql AS $body$
-BEGIN
-    DELETE FROM ab_sessions;
-    RETURN NULL;
-END
-$body$;
-CREATE OR REPLACE FUNCTION ab_report_on_session_truncate() RETURNS trigger LANGUAGE plpgsql AS $body$
-BEGIN
-    DELETE FROM ab_report_funnel; DELETE FROM ab_report_step_values; DELETE FROM ab_report_step_buckets; DELETE FROM ab_report_total_values; DELETE FROM ab_report_total_buckets;
-    RETURN NULL;
-END
-$body$;
-CREATE OR REPLACE FUNCTION ab_report_on_session_insert() RETURNS trigger LANGUAGE plpgsql AS $body$
-BEGIN
-    WITH nc AS MATERIALIZED (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s),
-    ns AS MATERIALIZED (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM nc AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed'),
-    nt AS MATERIALIZED (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM nc AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL),
-    u0 AS (INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
-    SELECT status, variant, max_step, abandoned_step, min_step, sum(sessions * sign)::bigint AS sessions, sum(events * sign)::bigint AS events, sum(started * sign)::bigint AS started, sum(completed * sign)::bigint AS completed, sum(abandoned * sign)::bigint AS abandoned FROM (SELECT *, 1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
-            coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
-            coalesce(c.min_step, -1) AS min_step,
-            count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
-            count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
-            FROM nc AS c GROUP BY 1, 2, 3, 4, 5) AS x) AS d
-    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0
-    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned),
-    u1 AS (INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
-    SELECT step, bucket, ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
-            count(*) AS sessions FROM ns AS t GROUP BY 1, 2, 3, 4) AS x) AS d
-    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0
-    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions),
-    u2 AS (INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
-    SELECT variant, step, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM ns AS t GROUP BY 1, 2, 3) AS x) AS d
-    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0
-    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms),
-    u3 AS (INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
-    SELECT bucket, total_ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
-            count(*) AS sessions FROM nt AS t GROUP BY 1, 2, 3) AS x) AS d
-    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0
-    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions)
-    INSERT INTO ab_report_total_buckets AS t (variant, bucket, sessions, sum_ms, sum_sq)
-    SELECT variant, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms, sum(sum_sq * sign) AS sum_sq FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
-            FROM nt AS t GROUP BY 1, 2) AS x) AS d
-    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0
-    ON CONFLICT (variant, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms, sum_sq = t.sum_sq + EXCLUDED.sum_sq;
-    RETURN NULL;
-END
-$body$;
-CREATE OR REPLACE FUNCTION ab_report_on_session_update() RETURNS trigger LANGUAGE plpgsql AS $body$
-BEGIN
-    WITH nc AS MATERIALIZED (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM new_sessions AS s),
-    ns AS MATERIALIZED (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM nc AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed'),
-    nt AS MATERIALIZED (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM nc AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL),
-    oc AS MATERIALIZED (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s),
-    os AS MATERIALIZED (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM oc AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed'),
-    ot AS MATERIALIZED (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM oc AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL),
-    u0 AS (INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
-    SELECT status, variant, max_step, abandoned_step, min_step, sum(sessions * sign)::bigint AS sessions, sum(events * sign)::bigint AS events, sum(started * sign)::bigint AS started, sum(completed * sign)::bigint AS completed, sum(abandoned * sign)::bigint AS abandoned FROM (SELECT *, 1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
-            coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
-            coalesce(c.min_step, -1) AS min_step,
-            count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
-            count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
-            FROM nc AS c GROUP BY 1, 2, 3, 4, 5) AS x UNION ALL SELECT *, -1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
-            coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
-            coalesce(c.min_step, -1) AS min_step,
-            count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
-            count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
-            FROM oc AS c GROUP BY 1, 2, 3, 4, 5) AS x) AS d
-    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0
-    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned),
-    u1 AS (INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
-    SELECT step, bucket, ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
-            count(*) AS sessions FROM ns AS t GROUP BY 1, 2, 3, 4) AS x UNION ALL SELECT *, -1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
-            count(*) AS sessions FROM os AS t GROUP BY 1, 2, 3, 4) AS x) AS d
-    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0
-    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions),
-    u2 AS (INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
-    SELECT variant, step, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM ns AS t GROUP BY 1, 2, 3) AS x UNION ALL SELECT *, -1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM os AS t GROUP BY 1, 2, 3) AS x) AS d
-    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0
-    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms),
-    u3 AS (INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
-    SELECT bucket, total_ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, 1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
-            count(*) AS sessions FROM nt AS t GROUP BY 1, 2, 3) AS x UNION ALL SELECT *, -1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
-            count(*) AS sessions FROM ot AS t GROUP BY 1, 2, 3) AS x) AS d
-    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0
-    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions)
-    INSERT INTO ab_report_total_buckets AS t (variant, bucket, sessions, sum_ms, sum_sq)
-    SELECT variant, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms, sum(sum_sq * sign) AS sum_sq FROM (SELECT *, 1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
-            FROM nt AS t GROUP BY 1, 2) AS x UNION ALL SELECT *, -1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
-            FROM ot AS t GROUP BY 1, 2) AS x) AS d
-    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0
-    ON CONFLICT (variant, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms, sum_sq = t.sum_sq + EXCLUDED.sum_sq;
-    RETURN NULL;
-END
-$body$;
-CREATE OR REPLACE FUNCTION ab_report_on_session_delete() RETURNS trigger LANGUAGE plpgsql AS $body$
-BEGIN
-    WITH oc AS MATERIALIZED (SELECT s.*, CASE WHEN s.min_variant <> s.max_variant THEN 'contaminated'
-                     WHEN s.variant IS NULL THEN 'unassigned' ELSE 'analysed' END AS status
-        FROM old_sessions AS s),
-    os AS MATERIALIZED (SELECT c.variant, u.key::integer AS step, u.value::double precision AS ms
-        FROM oc AS c CROSS JOIN LATERAL jsonb_each_text(c.step_ms) AS u
-        WHERE c.status = 'analysed'),
-    ot AS MATERIALIZED (SELECT c.variant,
-            (SELECT sum(u.value::numeric) FROM jsonb_each_text(c.step_ms) AS u)::double precision AS total_ms
-        FROM oc AS c
-        WHERE c.status = 'analysed' AND c.completed AND c.step_ms IS NOT NULL),
-    u0 AS (INSERT INTO ab_report_funnel AS t (status, variant, max_step, abandoned_step, min_step, sessions, events, started, completed, abandoned)
-    SELECT status, variant, max_step, abandoned_step, min_step, sum(sessions * sign)::bigint AS sessions, sum(events * sign)::bigint AS events, sum(started * sign)::bigint AS started, sum(completed * sign)::bigint AS completed, sum(abandoned * sign)::bigint AS abandoned FROM (SELECT *, -1 AS sign FROM (SELECT c.status, coalesce(c.variant, '') AS variant,
-            coalesce(c.max_step, -1) AS max_step, coalesce(c.abandoned_step, -1) AS abandoned_step,
-            coalesce(c.min_step, -1) AS min_step,
-            count(*) AS sessions, sum(c.events)::bigint AS events, count(*) FILTER (WHERE c.started) AS started,
-            count(*) FILTER (WHERE c.completed) AS completed, count(*) FILTER (WHERE c.abandoned) AS abandoned
-            FROM oc AS c GROUP BY 1, 2, 3, 4, 5) AS x) AS d
-    GROUP BY status, variant, max_step, abandoned_step, min_step HAVING sum(sessions * sign) <> 0 OR sum(events * sign) <> 0 OR sum(started * sign) <> 0 OR sum(completed * sign) <> 0 OR sum(abandoned * sign) <> 0
-    ON CONFLICT (status, variant, max_step, abandoned_step, min_step) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, events = t.events + EXCLUDED.events, started = t.started + EXCLUDED.started, completed = t.completed + EXCLUDED.completed, abandoned = t.abandoned + EXCLUDED.abandoned),
-    u1 AS (INSERT INTO ab_report_step_values AS t (step, bucket, ms, variant, sessions)
-    SELECT step, bucket, ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, -1 AS sign FROM (SELECT t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket, t.ms, t.variant,
-            count(*) AS sessions FROM os AS t GROUP BY 1, 2, 3, 4) AS x) AS d
-    GROUP BY step, bucket, ms, variant HAVING sum(sessions * sign) <> 0
-    ON CONFLICT (step, bucket, ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions),
-    u2 AS (INSERT INTO ab_report_step_buckets AS t (variant, step, bucket, sessions, sum_ms)
-    SELECT variant, step, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms FROM (SELECT *, -1 AS sign FROM (SELECT t.variant, t.step, floor(ln(t.ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.ms::numeric) AS sum_ms FROM os AS t GROUP BY 1, 2, 3) AS x) AS d
-    GROUP BY variant, step, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0
-    ON CONFLICT (variant, step, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms),
-    u3 AS (INSERT INTO ab_report_total_values AS t (bucket, total_ms, variant, sessions)
-    SELECT bucket, total_ms, variant, sum(sessions * sign)::bigint AS sessions FROM (SELECT *, -1 AS sign FROM (SELECT floor(ln(t.total_ms + 1) * 20)::integer AS bucket, t.total_ms, t.variant,
-            count(*) AS sessions FROM ot AS t GROUP BY 1, 2, 3) AS x) AS d
-    GROUP BY bucket, total_ms, variant HAVING sum(sessions * sign) <> 0
-    ON CONFLICT (bucket, total_ms, variant) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions)
-    INSERT INTO ab_report_total_buckets AS t (variant, bucket, sessions, sum_ms, sum_sq)
-    SELECT variant, bucket, sum(sessions * sign)::bigint AS sessions, sum(sum_ms * sign) AS sum_ms, sum(sum_sq * sign) AS sum_sq FROM (SELECT *, -1 AS sign FROM (SELECT t.variant, floor(ln(t.total_ms + 1) * 20)::integer AS bucket,
-            count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
-            FROM ot AS t GROUP BY 1, 2) AS x) AS d
-    GROUP BY variant, bucket HAVING sum(sessions * sign) <> 0 OR sum(sum_ms * sign) <> 0 OR sum(sum_sq * sign) <> 0
-    ON CONFLICT (variant, bucket) DO UPDATE SET sessions = t.sessions + EXCLUDED.sessions, sum_ms = t.sum_ms + EXCLUDED.sum_ms, sum_sq = t.sum_sq + EXCLUDED.sum_sq;
-    RETURN NULL;
-END
-$body$;
-DROP TRIGGER IF EXISTS ab_report_on_session_insert ON ab_sessions;
-CREATE TRIGGER ab_report_on_session_insert AFTER INSERT ON ab_sessions REFERENCING NEW TABLE AS new_sessions FOR EACH STATEMENT EXECUTE FUNCTION ab_report_on_session_insert();
-DROP TRIGGER IF EXISTS ab_report_on_session_update ON ab_sessions;
-CREATE TRIGGER ab_report_on_session_update AFTER UPDATE ON ab_sessions REFERENCING OLD TABLE AS old_sessions NEW TABLE AS new_sessions FOR EACH STATEMENT EXECUTE FUNCTION ab_report_on_session_update();
-DROP TRIGGER IF EXISTS ab_report_on_session_delete ON ab_sessions;
-CREATE TRIGGER ab_report_on_session_delete AFTER DELETE ON ab_sessions REFERENCING OLD TABLE AS old_sessions FOR EACH STATEMENT EXECUTE FUNCTION ab_report_on_session_delete();
-
-DROP TRIGGER IF EXISTS ab_report_on_session_truncate ON ab_sessions;
-CREATE TRIGGER ab_report_on_session_truncate AFTER TRUNCATE ON ab_sessions
-    FOR EACH STATEMENT EXECUTE FUNCTION ab_report_on_session_truncate();
-DROP TRIGGER IF EXISTS ab_events_rollup_insert ON ab_events;
-CREATE TRIGGER ab_events_rollup_insert AFTER INSERT ON ab_events
-    REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION ab_sessions_on_insert();
-DROP TRIGGER IF EXISTS ab_events_rollup_delete ON ab_events;
-CREATE TRIGGER ab_events_rollup_delete AFTER DELETE ON ab_events
-    REFERENCING OLD TABLE AS old_events FOR EACH STATEMENT EXECUTE FUNCTION ab_sessions_on_delete();
-DROP TRIGGER IF EXISTS ab_events_rollup_truncate ON ab_events;
-CREATE TRIGGER ab_events_rollup_truncate AFTER TRUNCATE ON ab_events
-    FOR EACH STATEMENT EXECUTE FUNCTION ab_sessions_on_truncate();
 '''
 
 BACKFILL_SQL = """
@@ -331,7 +119,7 @@ FROM (
 WHERE x.session_id = s.session_id
 """
 
-# Backwards: the previous fold (0003's bodies, which do not name the new columns), before the columns go.
+# Backwards: 0003's install again (idempotent: its bodies do not name the new columns), before the columns go.
 PREVIOUS_INSTALL_SQL = importlib.import_module("server.apps.front.migrations.0003_absession").INSTALL_SQL
 
 
