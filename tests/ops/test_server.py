@@ -20,7 +20,7 @@ from deploy import web as web_module  # granian imports it the same way: deploy.
 from devtools.embedded import free_port
 from server.apps.front.pipeline import queue
 
-from .webserver import INGEST_PATH, WebServer, closed_within, database_url, running_server
+from .webserver import INGEST_PATH, WebServer, closed_within, running_server, server_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,16 +119,7 @@ def _answer(port: int, method: str, path: str, headers: dict[str, str], body: by
 def previous_server(tmp_path, settings):
     """The WSGI server abflow shipped before (gunicorn, deploy config of that time, now bench/gunicorn.conf.py)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEB_", "GUNICORN_", "PROMETHEUS_"))}
-    env.update(
-        DJANGO_SETTINGS_MODULE="server.settings",
-        DATABASE_URL=database_url(),
-        REDIS_URL=settings.REDIS_URL,
-        AB_QUEUE_KEY_PREFIX=settings.AB_QUEUE_KEY_PREFIX,
-        GUNICORN_BIND=f"127.0.0.1:{port}",
-        WEB_CONCURRENCY="1",
-        LOG_LEVEL="WARNING",
-    )
+    env = server_env(GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1")
     log = open(tmp_path / "gunicorn.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "bench/gunicorn.conf.py", "server.wsgi"],

@@ -52,22 +52,26 @@ class WebServer:
         return socket.create_connection(("127.0.0.1", self.port), timeout=5)
 
 
-@contextlib.contextmanager
-def running_server(tmp_path: Path, **env: str) -> Iterator[WebServer]:
-    """Start ``deploy/web.py`` on a free loopback port with the test's Redis prefix; stop it at the end."""
-    port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("WEB_", "GUNICORN_"))}
-    full_env.update(
+def server_env(**extra: str) -> dict[str, str]:
+    """A web server process's environment: this test's database, Redis and queue prefix; no inherited
+    WEB_* / GUNICORN_* settings and no shared Prometheus directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEB_", "GUNICORN_", "PROMETHEUS_"))}
+    env.update(
         DJANGO_SETTINGS_MODULE="server.settings",
         DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
         AB_QUEUE_KEY_PREFIX=settings.AB_QUEUE_KEY_PREFIX,
-        WEB_BIND=f"127.0.0.1:{port}",
         LOG_LEVEL="WARNING",
-        PYTHONUNBUFFERED="1",
     )
-    full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    full_env.update(env)
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def running_server(tmp_path: Path, **env: str) -> Iterator[WebServer]:
+    """Start ``deploy/web.py`` on a free loopback port with the test's Redis prefix; stop it at the end."""
+    port = free_port()
+    full_env = server_env(WEB_BIND=f"127.0.0.1:{port}", PYTHONUNBUFFERED="1", **env)
     log = tmp_path / f"web-{port}.log"
     with open(log, "wb") as out:
         popen = subprocess.Popen(
