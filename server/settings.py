@@ -154,7 +154,7 @@ MIDDLEWARE = [
     "server.apps.front.ops.metrics.IngestLatencyMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # Serves collected static files (abtrack.js, admin) from gunicorn, no nginx needed.
+    # Serves collected static files (abtrack.js, admin) from the web server, no nginx needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Inflates gzip bodies and enforces the body caps (413) before any view reads them.
     "server.apps.front.ingest.middleware.IngestBodyMiddleware",
@@ -249,7 +249,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
-    # Reverse proxies in front of gunicorn whose X-Forwarded-For is trusted for
+    # Reverse proxies in front of the web server whose X-Forwarded-For is trusted for
     # the client IP (throttling). 0: use REMOTE_ADDR, a client cannot spoof it.
     "NUM_PROXIES": env_int("NUM_PROXIES", 0, minimum=0),
 }
@@ -318,7 +318,7 @@ AB_CLIENT_TS_MAX_AGE = env_int("AB_CLIENT_TS_MAX_AGE", 7 * 86_400, minimum=0)
 # Empty (default): off, the frontend is trusted.
 AB_THROTTLE_RATE = env_str("AB_THROTTLE_RATE", "")
 
-# The throttle's counters live in Redis, shared by all gunicorn workers.
+# The throttle's counters live in Redis, shared by all web workers.
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     "throttle": {

@@ -35,7 +35,7 @@ def event_validator() -> ABEventSerializer:
     Building a serializer per request (fields, binding) cost three times what
     validating with it does (bench/profile_ingest.py); ``run_validation``
     keeps no state on the instance, as DRF's ListSerializer relies on too.
-    Per thread, because gunicorn's gthread workers serve requests concurrently.
+    Per thread, because the web server's worker threads serve requests concurrently.
     """
     validator = getattr(_local, "event_validator", None)
     if validator is None:

@@ -2,7 +2,7 @@
 
 Off by default: the frontend is trusted. When on, a fixed window per client IP
 counted in Redis through Django's cache framework (the ``throttle`` cache), so
-all gunicorn workers share one count. A counter (``add`` + ``incr``, atomic in
+all web workers share one count. A counter (``add`` + ``incr``, atomic in
 Redis, O(1)) rather than DRF's ``SimpleRateThrottle``, which stores the list
 of every request's time and rewrites it on each request: at thousands of
 requests per minute that list would cost more than the request. A fixed window

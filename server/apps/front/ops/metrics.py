@@ -7,7 +7,7 @@ Two kinds of figures, collected differently on purpose:
   ``queue.stats()`` (a few pipelined round trips per scrape, however many
   shards; none per request), as totals and per shard (label ``shard``).
   It is therefore the same in every process that serves ``/metrics``, however
-  many gunicorn workers or hosts there are.
+  many web workers or hosts there are.
 * **Counters and histograms** (events accepted / rejected / stored /
   dead-lettered, drain batch size and duration, ingest request latency) are
   incremented in the process where the thing happens: the web workers count
@@ -16,12 +16,14 @@ Two kinds of figures, collected differently on purpose:
 
 Multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set (before the process
 starts, so prometheus_client picks mmap-backed values at import), every
-process - each gunicorn worker, each Celery pool process - writes its
+process - each web worker, each Celery pool process - writes its
 counters to files in that directory, and ``/metrics`` merges them all. The web
 and worker processes must share the directory (same host or a shared volume)
 for the drain counters to appear in the web's ``/metrics``; the directory must
-be emptied before the processes start. Gunicorn should call
-``mark_process_dead`` from its ``child_exit`` hook (see docs/operations.md).
+be emptied before the processes start. abflow keeps no live gauges in those
+files, so nothing needs removing when a worker exits (granian has no exit hook
+and needs none; ``mark_process_dead`` serves gunicorn's ``child_exit`` in the
+benchmarks' gunicorn candidates, bench/gunicorn.conf.py).
 Without the variable, the default in-process registry is used.
 """
 
@@ -205,7 +207,7 @@ def render() -> bytes:
 
 
 def mark_process_dead(pid: int) -> None:
-    """For gunicorn's ``child_exit`` hook in multiprocess mode (drops the dead worker's live gauges)."""
+    """For gunicorn's ``child_exit`` hook (bench/gunicorn.conf.py): drops a dead worker's live gauges, if any."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)
 
