@@ -246,18 +246,29 @@ class Stack:
             )
             return Counter({key: int(n) for key, n in cur.fetchall()})
 
-    def wait_drained(self, promised: set[str], prefix: str, timeout: float = 60) -> None:
+    def wait_drained(self, promised: set[str], prefix: str, timeout: float = 60, cap: float = 300) -> None:
         """Until queue and leases are empty and every promised key is stored.
 
-        On timeout the scenario goes on to its verdict, which names what is missing.
+        ``timeout`` is measured from the last progress (rows stored, queue
+        shrinking), not from the start: on a loaded machine a drain can be
+        slow without being stuck, and a slow drain is not a lost event. ``cap``
+        bounds the whole wait. On timeout the scenario goes on to its verdict,
+        which names what is missing and whether the queue still held it.
         """
-
-        def done() -> bool:
+        started = last_progress = time.monotonic()
+        seen: tuple[int, int] | None = None
+        while True:
             depth, leases, _ = self.queue_state()
-            return depth == 0 and leases == 0 and promised <= set(self.rows_by_key(prefix))
-
-        with contextlib.suppress(TimeoutError):
-            wait_for(done, timeout, f"{len(promised)} events to be drained", interval=0.25)
+            stored = self.rows_by_key(prefix)
+            if depth == 0 and leases == 0 and promised <= set(stored):
+                return
+            now = time.monotonic()
+            state = (len(stored), -(depth + leases))
+            if seen is None or state > seen:
+                seen, last_progress = state, now
+            if now - last_progress > timeout or now - started > cap:
+                return
+            time.sleep(0.25)
 
 
 # --- events ----------------------------------------------------------------------
@@ -450,6 +461,10 @@ def verdict(
     tally.stored = sum(rows.values())
     if dead != expected_dead:
         tally.problems.append(f"{dead} dead letters, expected {expected_dead}")
+    depth, leases, _ = stack.queue_state()
+    if tally.problems and (depth or leases):
+        # Not a loss yet: the promised events may still be in the queue or leased to a live drain.
+        tally.problems.insert(0, f"the queue was not drained at the verdict: {depth} queued, {leases} leased")
     tally.print()
     return tally
 
