@@ -61,11 +61,13 @@ def validate(events: list[Any], *, user: AbstractBaseUser | None = None) -> tupl
     valid: list[dict[str, Any]] = []
     seen: set[Any] = set()
     for index, raw in enumerate(events):
-        try:
-            data = validator.run_validation(raw)
-        except serializers.ValidationError as exc:
-            outcome.rejected.append({"index": index, "errors": serializers.as_serializer_error(exc)})
-            continue
+        data = validator.fast_validation(raw)
+        if data is None:  # not plainly valid: DRF's full path, which words any error
+            try:
+                data = validator.run_validation(raw)
+            except serializers.ValidationError as exc:
+                outcome.rejected.append({"index": index, "errors": serializers.as_serializer_error(exc)})
+                continue
         outcome.accepted += 1
         event_id = data.get("event_id")
         if event_id is not None:
