@@ -15,7 +15,11 @@ Why CPU time: on this shared 2-core box requests/s and p99 move with whatever
 else runs, while the CPU a request costs the server barely does, so a change
 is judged by CPU per request (medians of alternating rounds, ratio within
 the run); the wall-clock figures are printed for context with the load
-average. The Celery worker is not started: the queue is emptied after each run.
+average. The Celery worker is not started (the queue is emptied after each
+run) unless ``--worker-nice`` asks for it: then the worker and beat drain as in
+production, and every round visits each nice value of the worker in turn
+(``--worker-nice 0,10``: does the drain's CPU on the same cores show in the
+web tier's tail?).
 """
 
 from __future__ import annotations
@@ -90,9 +94,16 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--mode", default="single,batch", help="comma-separated: single, batch")
     parser.add_argument("--variant", action="append", default=[], help="NAME=ROOT[,KEY=VALUE...] (repeatable)")
+    parser.add_argument(
+        "--worker-nice",
+        default="",
+        help="run the Celery worker and beat (the drain, as in production) and alternate the worker's nice "
+        "value through this comma-separated list in every round, e.g. 0,10",
+    )
     args = parser.parse_args()
     variants = [parse_variant(v) for v in args.variant] or [Variant("this", REPO_ROOT, {})]
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    nices = [int(n) for n in args.worker_nice.split(",") if n.strip()]
     bodies = {
         "single": (INGEST_PATH, json.dumps(event_body(1)).encode(), 1),
         "batch": (BATCH_PATH, json.dumps({"events": [event_body(i) for i in range(BATCH_EVENTS)]}).encode(), 100),
@@ -116,37 +127,46 @@ def main() -> None:
                 **v.env,
             )
             hosts[v.name] = (wait_listening(proc, port), proc.popen.pid)
+        worker_pid = None
+        if nices:
+            worker_pid = procs.worker().pid
+            procs.beat()
+        runs = [(v, n) for v in variants for n in (nices or [None])]
         for mode in modes:
             path, body, events = bodies[mode]
             for v in variants:
                 wrk(hosts[v.name][0], path, body, connections=args.connections, seconds=args.warmup)
                 reset()
             print(f"\n{mode}: {'run':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'us/event':>9}")
-            per: dict[str, list[tuple[float, float, float]]] = {v.name: [] for v in variants}
+            per: dict[str, list[tuple[float, float, float]]] = {}
             for i in range(args.rounds):
-                order = variants[i % len(variants) :] + variants[: i % len(variants)]
-                for v in order:
+                order = runs[i % len(runs) :] + runs[: i % len(runs)]
+                for v, nice in order:
+                    label = v.name if nice is None else f"{v.name} nice={nice}"
+                    if nice is not None and worker_pid is not None:
+                        os.setpriority(os.PRIO_PROCESS, worker_pid, nice)
                     host, pid = hosts[v.name]
                     before = tree_cpu(pid)
                     result = wrk(host, path, body, connections=args.connections, seconds=args.seconds)
                     cpu = tree_cpu(pid) - before
-                    reset()
+                    if worker_pid is None:
+                        reset()  # no drain: empty the queue
                     us = cpu / max(result.requests, 1) * 1e6
-                    per[v.name].append((us, result.rps, result.p99_ms))
+                    per.setdefault(label, []).append((us, result.rps, result.p99_ms))
                     print(
-                        f"{mode}: {v.name + ' #' + str(i + 1):<22} {result.rps:>8.0f} {result.p50_ms:>8.2f}"
+                        f"{mode}: {label + ' #' + str(i + 1):<22} {result.rps:>8.0f} {result.p50_ms:>8.2f}"
                         f" {result.p99_ms:>8.2f} {us:>11.0f} {us / events:>9.1f}"
                         f"  non2xx {result.non2xx + result.errors}  load {loadavg()}",
                         flush=True,
                     )
             print(f"{mode}: medians")
-            for v in variants:
-                us = median([r[0] for r in per[v.name]])
-                rps = median([r[1] for r in per[v.name]])
-                p99 = median([r[2] for r in per[v.name]])
-                figures.setdefault(mode, {})[v.name] = {"cpu_us": us, "rps": rps, "p99_ms": p99}
+            for label, values in per.items():
+                us = median([r[0] for r in values])
+                rps = median([r[1] for r in values])
+                p99 = median([r[2] for r in values])
+                figures.setdefault(mode, {})[label] = {"cpu_us": us, "rps": rps, "p99_ms": p99}
                 print(
-                    f"  {v.name:<20} CPU {us:>7.0f} us/request ({us / events:.1f} us/event),"
+                    f"  {label:<20} CPU {us:>7.0f} us/request ({us / events:.1f} us/event),"
                     f" {rps:.0f} req/s, p99 {p99:.1f} ms"
                 )
     print(f"\nload average at end {loadavg()}")
