@@ -104,3 +104,17 @@ def test_anything_not_plainly_valid_goes_to_drf(change: dict[str, Any]) -> None:
 @given(st.one_of(near_valid_events(), json_values))
 def test_fast_path_never_differs_from_drf(data: Any) -> None:
     assert_agrees(data)
+
+
+def test_generated_event_ids_are_uuid4_strings_as_str_uuid4_writes_them() -> None:
+    from server.apps.front.ingest.service import new_event_ids
+
+    assert new_event_ids(0) == []
+    ids = new_event_ids(2000)
+    assert len(set(ids)) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+    # Every variant digit occurs (its two low bits are random).
+    assert {text[19] for text in ids} == set("89ab")

@@ -14,7 +14,7 @@ import json
 import math
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from django.conf import settings
@@ -165,7 +165,7 @@ class ABEventSerializer(serializers.ModelSerializer):
                 )
         return super().to_internal_value(data)
 
-    def fast_validation(self, data: Any) -> dict[str, Any] | None:
+    def fast_validation(self, data: Any, limits: FastLimits | None = None) -> dict[str, Any] | None:
         """What ``run_validation(data)`` returns, for an event it accepts in the usual shape; else None.
 
         DRF's generic path (field lookups, empty-value checks, validator
@@ -176,19 +176,20 @@ class ABEventSerializer(serializers.ModelSerializer):
         metadata that fails the check, anything that raises) it answers None
         and the caller runs ``run_validation``, so every error message comes
         from DRF as before. A hypothesis test holds the two results equal
-        (tests/ingest/test_fast_validation.py).
+        (tests/ingest/test_fast_validation.py). ``limits``: the settings it checks,
+        read once per batch by the caller (a Django setting costs ~0.7 us per read).
         """
         if type(data) is not dict:
             return None
         try:
-            return self._fast_validation(data)
+            return self._fast_validation(data, limits or fast_limits())
         except Exception:  # anything unusual: DRF's path decides, and raises what it raises
             return None
 
-    def _fast_validation(self, data: dict[str, Any]) -> dict[str, Any] | None:
+    def _fast_validation(self, data: dict[str, Any], limits: FastLimits) -> dict[str, Any] | None:
         # orjson refuses lone surrogates, non-string keys and integers beyond 64 bits:
         # past this line no string holds a surrogate (DRF's ProhibitSurrogateCharactersValidator).
-        if len(orjson.dumps(data)) > settings.AB_MAX_EVENT_BYTES:
+        if len(orjson.dumps(data)) > limits.event_bytes:
             return None
         fields = self.fields
         get = data.get
@@ -215,13 +216,13 @@ class ABEventSerializer(serializers.ModelSerializer):
             if value is not None:
                 field = fields["step_number"]
                 if type(value) is not int or not (
-                    field.min_value <= value <= field.max_value and value <= settings.AB_MAX_STEP_NUMBER
+                    field.min_value <= value <= field.max_value and value <= limits.max_step_number
                 ):
                     return None
             out["step_number"] = value
         value = get("metadata", _MISSING)
         if value is not _MISSING:
-            if type(value) is not dict or not plain_metadata(value):
+            if type(value) is not dict or not plain_metadata(value, limits):
                 return None
             out["metadata"] = value
         value = get("client_ts", _MISSING)
@@ -257,14 +258,32 @@ class ABEventSerializer(serializers.ModelSerializer):
 _MISSING = object()
 
 
-def plain_metadata(value: dict[str, Any]) -> bool:
+class FastLimits(NamedTuple):
+    """The settings ``ABEventSerializer.fast_validation`` checks."""
+
+    event_bytes: int
+    max_step_number: int
+    metadata_depth: int
+    metadata_bytes: int
+
+
+def fast_limits() -> FastLimits:
+    return FastLimits(
+        settings.AB_MAX_EVENT_BYTES,
+        settings.AB_MAX_STEP_NUMBER,
+        settings.AB_MAX_METADATA_DEPTH,
+        settings.AB_MAX_METADATA_BYTES,
+    )
+
+
+def plain_metadata(value: dict[str, Any], limits: FastLimits) -> bool:
     """True when ``validate_metadata`` accepts ``value`` (a dict whose strings hold no lone surrogate).
 
     The one-level objects clients send are checked in one loop; anything
     nested goes through :func:`check_json_value`. False means "not sure":
     DRF's path then gives the verdict and its message.
     """
-    max_depth = settings.AB_MAX_METADATA_DEPTH
+    max_depth = limits.metadata_depth
     if max_depth < 1:
         return False
     for key, item in value.items():
@@ -286,7 +305,7 @@ def plain_metadata(value: dict[str, Any]) -> bool:
             except serializers.ValidationError:
                 return False
             break
-    return len(orjson.dumps(value)) <= settings.AB_MAX_METADATA_BYTES
+    return len(orjson.dumps(value)) <= limits.metadata_bytes
 
 
 class NestedTooDeep(ValueError):
