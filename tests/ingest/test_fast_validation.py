@@ -118,3 +118,21 @@ def test_generated_event_ids_are_uuid4_strings_as_str_uuid4_writes_them() -> Non
         assert str(parsed) == text
     # Every variant digit occurs (its two low bits are random).
     assert {text[19] for text in ids} == set("89ab")
+
+
+@FUZZ_SETTINGS
+@given(st.lists(json_values, max_size=6) | json_values)
+def test_the_batch_envelope_takes_events_as_drfs_list_field_does(events: Any) -> None:
+    from rest_framework.fields import ListField
+
+    from server.apps.front.ingest.serializers import EventList
+
+    mine, drf = EventList(), ListField()
+    try:
+        expected: Any = drf.run_validation(events)
+    except serializers.ValidationError as exc:
+        with pytest.raises(serializers.ValidationError) as caught:
+            mine.run_validation(events)
+        assert caught.value.detail == exc.detail
+    else:
+        assert mine.run_validation(events) == expected

@@ -350,11 +350,25 @@ def json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"), default=str))
 
 
+class EventList(serializers.ListField):
+    """A JSON array of anything: the batch's events, which the ingest service validates one by one.
+
+    With no ``child``, ListField runs DRF's pass-through field over every item
+    (``run_validation`` per item: empty-value checks, an empty validator list),
+    which returns each item unchanged (``None`` too) and never fails: ~2 us
+    per event for nothing. The list is taken as it is instead; every check
+    of the array itself (not a list, ``validate_events``' length) is as before.
+    """
+
+    def run_child_validation(self, data: Any) -> list[Any]:
+        return list(data)
+
+
 class BatchSerializer(serializers.Serializer):
     """The batch's envelope; its events are validated one by one by the ingest service."""
 
     # No child field: a malformed event must be rejected by index, not fail the batch.
-    events = serializers.ListField()
+    events = EventList()
     # The client's clock when it sent the batch (clocks.py); without it no event_time.
     sent_at = ClientTimestampField(required=False, allow_null=True)
 
