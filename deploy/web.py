@@ -37,6 +37,7 @@ seconds), then exit; SIGHUP respawns the workers gracefully.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -289,6 +290,12 @@ def make_application() -> WSGIBridge:
     # The worker accepts connections only after this returns; until then they wait in
     # the listen queue or go to a worker that is ready.
     get_resolver().url_patterns  # noqa: B018 (evaluated for its imports)
+    # Everything loaded so far (Django, DRF, the URLconf, the report's scipy) lives as long
+    # as the process. Frozen, the collector no longer walks those objects in every full
+    # collection a request's garbage triggers: that walk cost CPU and, as a pause holding
+    # the GIL, latency in the tail (docs/performance.md).
+    gc.collect()
+    gc.freeze()
     web = settings_from_env()
     # The largest body anything in the app accepts; over it the app answers 413 from
     # the declared length (ingest) or refuses it (Django's own cap) without reading it.
