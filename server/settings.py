@@ -288,6 +288,11 @@ AB_LEASE_SECONDS = env_int("AB_LEASE_SECONDS", 60, minimum=1)
 # server: the batch goes back to the queue like in an outage. Keep it below
 # AB_LEASE_SECONDS; a normal batch takes well under a second.
 AB_WRITER_STATEMENT_TIMEOUT = env_float("AB_WRITER_STATEMENT_TIMEOUT", 30.0, minimum=0.0)
+# ab_events is partitioned by month (docs/operations.md#partitions): beat creates this many months'
+# partitions ahead of the current one, every AB_PARTITION_INTERVAL seconds (and moves rows that landed in the
+# DEFAULT partition into a partition of their own month).
+AB_PARTITIONS_AHEAD = env_int("AB_PARTITIONS_AHEAD", 3, minimum=1)
+AB_PARTITION_INTERVAL = env_float("AB_PARTITION_INTERVAL", 3600.0, minimum=1.0)
 # A batch reclaimed this many times (its worker keeps dying on it) goes to the
 # dead-letter list instead of crashing workers forever.
 AB_MAX_ATTEMPTS = env_int("AB_MAX_ATTEMPTS", 5, minimum=1)
@@ -430,6 +435,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": AB_FLUSH_INTERVAL,
         # A stopped worker must not come back to a pile of stale drain runs.
         "options": {"expires": AB_FLUSH_INTERVAL},
+    },
+    "ab-partitions": {
+        "task": "worker.tasks.maintain_partitions",
+        "schedule": AB_PARTITION_INTERVAL,
+        "options": {"expires": AB_PARTITION_INTERVAL},
     },
 }
 
