@@ -65,7 +65,8 @@ def prune(cutoff: datetime, *, batch_size: int = 5000, pause: float = 0.0, lock_
     for part in whole_partitions(cutoff):
         result.dropped_rows += _drop(part.name, lock_timeout)
         result.dropped.append(part.name)
-        result.sessions_recomputed += _recompute_pending()
+    # Once for all the drops: a session with events in several dropped months is recomputed once.
+    result.sessions_recomputed += _recompute_pending()
     result.rows += result.dropped_rows
     if result.dropped:
         rollup.purge_empty_cells()
