@@ -119,6 +119,18 @@ def test_maintenance_creates_the_coming_months_partitions(settings):
     assert "ab_events_default" in names
 
 
+def test_beat_schedules_the_partition_maintenance_task(settings, rq):
+    from celery_app import app
+    from worker import tasks
+
+    entry = settings.CELERY_BEAT_SCHEDULE["ab-partitions"]
+    assert entry["task"] in app.tasks
+    assert entry["schedule"] == settings.AB_PARTITION_INTERVAL
+    drain([queue_item(received_at=month(2035, 3))])  # lands in DEFAULT
+    assert tasks.maintain_partitions()["created"] == [("ab_events_p2035_03", 1)]
+    assert "ab_events_default" not in where()
+
+
 def test_a_copy_and_an_insert_into_the_root_fire_the_rollup_trigger_once_with_every_row():
     """Statement-level triggers with transition tables on the partitioned root: once per statement, all rows
     of every partition in the transition table."""

@@ -45,7 +45,9 @@ def ensure(months_ahead: int | None = None, *, lock_timeout: float = 5.0) -> lis
 
 def listing() -> list[Partition]:
     """ab_events' partitions, oldest first, DEFAULT last."""
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Bounds are printed in the session's time zone: UTC for this transaction, whatever the connection's.
+        cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
         cursor.execute(
             """SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits AS i
             JOIN pg_class AS c ON c.oid = i.inhrelid WHERE i.inhparent = 'ab_events'::regclass"""
@@ -56,16 +58,15 @@ def listing() -> list[Partition]:
         if bound == "DEFAULT":
             parts.append(Partition(name, None, None))
             continue
-        # FOR VALUES FROM ('2026-11-01 00:00:00+00') TO ('2026-12-01 00:00:00+00'); the session's time zone is
-        # UTC (Django's USE_TZ connection setting), so the offsets are +00.
+        # FOR VALUES FROM ('2026-11-01 00:00:00+00') TO ('2026-12-01 00:00:00+00')
         low_text, high_text = (piece.split("'")[1] for piece in bound.split(" TO "))
         parts.append(Partition(name, _parse(low_text), _parse(high_text)))
     return sorted(parts, key=lambda p: (p.is_default, p.low or datetime.min.replace(tzinfo=UTC)))
 
 
 def _parse(text: str) -> datetime:
-    value = datetime.fromisoformat(text if "+" in text[10:] or text.endswith("Z") else text + "+00:00")
-    return value.astimezone(UTC)
+    """'2026-11-01 00:00:00+00' (UTC, as printed above) -> aware datetime."""
+    return datetime.fromisoformat(text.removesuffix("+00") + "+00:00").astimezone(UTC)
 
 
 def default_rows() -> int:

@@ -29,8 +29,9 @@ def maintain_partitions() -> dict[str, Any]:
             "ab_partitions",
             extra={
                 "event": "ab_partitions",
-                "created": [name for name, _ in created],
-                "moved": sum(moved for _, moved in created),
+                # Not "created": a LogRecord attribute, which ``extra`` may not overwrite.
+                "partitions_created": [name for name, _ in created],
+                "rows_moved": sum(moved for _, moved in created),
             },
         )
     return {"created": created}
