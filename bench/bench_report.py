@@ -126,7 +126,7 @@ def generate(events: int) -> None:
     sessions = int(events / EVENTS_PER_SESSION * 1.03) + 1
     started = time.perf_counter()
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE ab_events RESTART IDENTITY")
+        cursor.execute("TRUNCATE ab_events, ab_event_ids RESTART IDENTITY")
         # The load skips the rollup's triggers (this session only): ab_rollup --rebuild builds it afterwards,
         # timed, as after adding the rollup to an existing database.
         cursor.execute("SET session_replication_role = replica")

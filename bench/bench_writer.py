@@ -83,7 +83,7 @@ def reset() -> None:
     from server.apps.front.pipeline import queue
 
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE ab_events")
+        cursor.execute("TRUNCATE ab_events, ab_event_ids")
     client = queue.get_redis()
     keys = list(client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000))
     for start in range(0, len(keys), 1000):

@@ -112,7 +112,7 @@ def reset() -> None:
     conn = psycopg2.connect(bench_database_url())
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE ab_events RESTART IDENTITY")
+        cur.execute("TRUNCATE ab_events, ab_event_ids RESTART IDENTITY")
     conn.close()
     redis.Redis.from_url(bench_redis_url()).flushdb()
 

@@ -275,8 +275,11 @@ SPECTACULAR_SETTINGS = {
 
 # Seconds between beat-scheduled drains of the Redis queue into PostgreSQL.
 AB_FLUSH_INTERVAL = env_float("AB_FLUSH_INTERVAL", 2.0, minimum=0.1)
-# Events claimed and written per bulk_create.
-AB_BATCH_SIZE = env_int("AB_BATCH_SIZE", 2000, minimum=1)
+# Events claimed and written per batch (one COPY + one INSERT). 5000, not 2000: the rollup triggers'
+# per-statement work and the round trips are paid per batch; a 200,000-event backlog drained in 23.6-27.4 s
+# instead of 35.4-39.1 s (alternating runs, docs/performance.md#partitioned-ab_events-issue-12), worker RSS
+# 187 MB instead of 182.
+AB_BATCH_SIZE = env_int("AB_BATCH_SIZE", 5000, minimum=1)
 # One drain run stops claiming new batches after this many seconds, so runs
 # stay short and a lease never outlives its worker by much.
 AB_DRAIN_BUDGET = env_float("AB_DRAIN_BUDGET", 20.0, minimum=0.1)
@@ -288,6 +291,11 @@ AB_LEASE_SECONDS = env_int("AB_LEASE_SECONDS", 60, minimum=1)
 # server: the batch goes back to the queue like in an outage. Keep it below
 # AB_LEASE_SECONDS; a normal batch takes well under a second.
 AB_WRITER_STATEMENT_TIMEOUT = env_float("AB_WRITER_STATEMENT_TIMEOUT", 30.0, minimum=0.0)
+# ab_events is partitioned by month (docs/operations.md#partitions): beat creates this many months'
+# partitions ahead of the current one, every AB_PARTITION_INTERVAL seconds (and moves rows that landed in the
+# DEFAULT partition into a partition of their own month).
+AB_PARTITIONS_AHEAD = env_int("AB_PARTITIONS_AHEAD", 3, minimum=1)
+AB_PARTITION_INTERVAL = env_float("AB_PARTITION_INTERVAL", 3600.0, minimum=1.0)
 # A batch reclaimed this many times (its worker keeps dying on it) goes to the
 # dead-letter list instead of crashing workers forever.
 AB_MAX_ATTEMPTS = env_int("AB_MAX_ATTEMPTS", 5, minimum=1)
@@ -430,6 +438,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": AB_FLUSH_INTERVAL,
         # A stopped worker must not come back to a pile of stale drain runs.
         "options": {"expires": AB_FLUSH_INTERVAL},
+    },
+    "ab-partitions": {
+        "task": "worker.tasks.maintain_partitions",
+        "schedule": AB_PARTITION_INTERVAL,
+        "options": {"expires": AB_PARTITION_INTERVAL},
     },
 }
 

@@ -28,6 +28,12 @@ def flush_ab_events() -> dict[str, Any]:
     return tasks.flush()
 
 
+@app.task(name="worker.tasks.maintain_partitions", ignore_result=True)
+def maintain_partitions() -> dict[str, Any]:
+    """Create ab_events' partitions ahead (scheduled by beat every AB_PARTITION_INTERVAL s)."""
+    return tasks.maintain_partitions()
+
+
 @worker_shutting_down.connect
 def _stop_draining(**_: Any) -> None:
     """SIGTERM (warm shutdown): the running drain acks its batch, then claims no more.

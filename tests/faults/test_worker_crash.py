@@ -16,7 +16,7 @@ def _insert_waiting_on_lock(stack: Stack) -> bool:
     with stack.db() as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
-            ['INSERT INTO "ab_events"%'],
+            ['%INSERT INTO "ab_events"%'],  # the writer's statement starts with the ab_event_ids CTE
         )
         return cur.fetchone()[0] > 0
 

@@ -2,8 +2,9 @@
 
 Search is exact, never ``icontains``: on a table of millions of rows a
 ``LIKE '%term%'`` is a sequential scan per page load. A term is looked up
-where an index answers it: ``event_id`` (unique) when it is a UUID, which is
-what ``ab_deadletters`` prints; ``session_id`` (indexed); and the user, by id,
+where an index answers it: ``event_id`` (indexed) when it is a UUID, which is
+what ``ab_deadletters`` prints; ``session_id`` (the ``(session_id, timestamp)``
+index); and the user, by id,
 username or email, resolved in ``auth_user`` first so ``ab_events`` is read by
 its ``(user, timestamp)`` index.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.contrib.auth import get_user_model
+from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 from django.utils import timezone
 
@@ -14,7 +15,13 @@ User = get_user_model()
 
 
 class ABEvent(models.Model):
-    """One event of the A/B test, for analytics (the spec's model; its Russian help texts are user-facing)."""
+    """One event of the A/B test, for analytics (the spec's model; its Russian help texts are user-facing).
+
+    The table is partitioned by month on ``timestamp`` (migration 0008, docs/scaling.md): its primary key in
+    the database is (id, timestamp), since a partitioned table's unique index must hold the partition key;
+    Django keeps ``id`` as the primary key (the identity sequence still makes ids unique). The indexes below
+    are the ones a query uses (0008's docstring says which query); they are created by 0008, not by Django.
+    """
 
     EVENT_TYPES = experiment.EVENT_TYPES
 
@@ -24,26 +31,26 @@ class ABEvent(models.Model):
         related_name="ab_events",
         null=True,
         blank=True,
+        # Found through the (user, timestamp) index below.
+        db_index=False,
         help_text="Пользователь (null для анонимных)",
     )
 
+    # Found through the (session_id, timestamp) index below.
     session_id = models.CharField(
         max_length=100,
-        db_index=True,
         help_text="ID сессии (для анонимных пользователей)",
     )
 
     variant = models.CharField(
         max_length=20,
         choices=experiment.VARIANTS,
-        db_index=True,
         help_text="Вариант онбординга",
     )
 
     event_type = models.CharField(
         max_length=50,
         choices=EVENT_TYPES,
-        db_index=True,
         help_text="Тип события",
     )
 
@@ -71,12 +78,14 @@ class ABEvent(models.Model):
 
     # Added to the spec: the identity of an event. Taken from the client when
     # it sends one (so a retried request is the same event), else generated at
-    # enqueue. The unique constraint makes every write idempotent: a batch
-    # written twice after a crash (bulk_create(ignore_conflicts=True)) stores
-    # each event once.
+    # enqueue. Unique through ABEventId (a partitioned table cannot hold a
+    # unique index without the partition key): the writer stores an event only
+    # if its id is new there, so a batch written twice after a crash stores
+    # each event once. Indexed here for the admin's search and the writer's
+    # conflict check.
     event_id = models.UUIDField(
         default=uuid.uuid4,
-        unique=True,
+        db_index=True,
         editable=False,
         help_text="Идентификатор события (идемпотентность записи)",
     )
@@ -111,7 +120,6 @@ class ABEvent(models.Model):
         db_table = "ab_events"
         ordering = ["-timestamp"]
         indexes = [
-            models.Index(fields=["variant", "event_type"]),
             models.Index(fields=["session_id", "timestamp"]),
             models.Index(fields=["user", "timestamp"]),
         ]
@@ -119,6 +127,27 @@ class ABEvent(models.Model):
     def __str__(self) -> str:
         user_id = self.user_id or self.session_id[:8]
         return f"{user_id} - {self.variant} - {self.event_type}"
+
+
+class ABEventId(models.Model):
+    """Every stored event's id, once: the global idempotency key of ``ab_events`` (migration 0008).
+
+    The writer inserts a batch's ids here first (``ON CONFLICT DO NOTHING RETURNING``) and stores in
+    ``ab_events`` only the events whose id was new, in the same statement (pipeline/writer.py).
+    ``received`` is the event's ``timestamp``; retention trims ids by it once their events are gone
+    (ops/retention.py). Only the writer fills it: rows put into ``ab_events`` another way (a test's
+    ``bulk_create``, a manual restore) are not deduplicated against later deliveries.
+    """
+
+    event_id = models.UUIDField(primary_key=True)
+    received = models.DateTimeField()
+
+    class Meta:
+        db_table = "ab_event_ids"
+        indexes = [BrinIndex(fields=["received"], name="ab_event_ids_received_brin")]
+
+    def __str__(self) -> str:
+        return str(self.event_id)
 
 
 class ABSession(models.Model):

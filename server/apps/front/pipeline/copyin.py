@@ -1,8 +1,10 @@
 """``COPY ... FROM STDIN (FORMAT binary)`` for ``ab_events``: columns, row encoder, staging table.
 
 The writer sends a batch to PostgreSQL as one binary COPY into a temporary
-staging table, then moves it into ``ab_events`` with one ``INSERT ... SELECT
-... ON CONFLICT DO NOTHING RETURNING event_id`` (pipeline/writer.py). This
+staging table, then moves it into ``ab_events`` with one statement that
+inserts the ids into ``ab_event_ids`` (``ON CONFLICT DO NOTHING RETURNING``)
+and the rows whose id was new into ``ab_events`` (``insert_sql``,
+pipeline/writer.py). This
 module knows the wire format; the writer knows the promises.
 
 Why binary: the server does no text parsing of timestamps, UUIDs or integers,
@@ -175,11 +177,21 @@ EMPTY_STAGING = f"DELETE FROM {STAGING}"
 COPY_STAGING = f"COPY {STAGING} ({_COLUMN_LIST}) FROM STDIN WITH (FORMAT binary)"
 
 
-def insert_sql(table: str) -> str:
-    """Staged rows into ``table``; each one whose event_id is already there is skipped; the new ids come back."""
+def insert_sql(table: str, ids_table: str = "ab_event_ids", returning: str = "event_id") -> str:
+    """Staged rows into ``table``, each only if its event_id is new in ``ids_table``; the new ids come back.
+
+    One statement: the ids go into the (unpartitioned) ids table first, ``ON CONFLICT DO NOTHING RETURNING``
+    telling which are new, and only those rows are copied into ``table`` (partitioned by month, where a unique
+    index on event_id cannot exist; migration 0008). A row the table refuses fails the whole statement, its
+    id included. Ids are inserted in order, so two drains writing overlapping batches (a redelivery beside
+    the first delivery) wait for each other's ids in one order and cannot deadlock.
+    """
     return (
+        f"WITH new_ids AS (INSERT INTO {_quote(ids_table)} (event_id, received) "
+        f'SELECT event_id, "timestamp" FROM {STAGING} ORDER BY event_id '
+        "ON CONFLICT DO NOTHING RETURNING event_id) "
         f"INSERT INTO {_quote(table)} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {STAGING} "
-        "ON CONFLICT DO NOTHING RETURNING event_id"
+        f"WHERE event_id IN (SELECT event_id FROM new_ids) RETURNING {returning}"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from server.apps.front.ops import partitions
 from server.apps.front.pipeline import writer
 
 log = logging.getLogger("abflow.drain")
@@ -18,6 +19,22 @@ def flush() -> dict[str, Any]:
     busy = result.claimed or result.requeued or result.dead_lettered or result.error
     log.log(logging.INFO if busy else logging.DEBUG, "ab_drain", extra=result.as_log())
     return result.as_log()
+
+
+def maintain_partitions() -> dict[str, Any]:
+    """ab_events' partitions for the coming months (and for rows that landed in DEFAULT), logged when any."""
+    created = partitions.ensure()
+    if created:
+        log.info(
+            "ab_partitions",
+            extra={
+                "event": "ab_partitions",
+                # Not "created": a LogRecord attribute, which ``extra`` may not overwrite.
+                "partitions_created": [name for name, _ in created],
+                "rows_moved": sum(moved for _, moved in created),
+            },
+        )
+    return {"created": created}
 
 
 def stop_draining() -> None:

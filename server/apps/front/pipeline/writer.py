@@ -1,12 +1,15 @@
 """The batch writer: claimed events from Redis into ``ab_events``.
 
 A claimed batch is written in one transaction, one binary ``COPY`` into a
-temporary staging table and one ``INSERT INTO ab_events SELECT ... ON
-CONFLICT DO NOTHING RETURNING event_id`` (the wire format is copyin.py's),
-and acknowledged in Redis only after the commit, so a crash anywhere leaves
-the batch in flight, and the reaper gives it to the next drain. Writes are
-idempotent (unique ``event_id``; the INSERT skips what is stored), so a batch
-written twice stores each event once, and RETURNING tells which rows are new.
+temporary staging table and one statement that inserts the batch's ids into
+``ab_event_ids`` (``ON CONFLICT DO NOTHING RETURNING``) and the rows whose id
+was new into ``ab_events`` (``copyin.insert_sql``; the wire format is
+copyin.py's), and acknowledged in Redis only after the commit, so a crash
+anywhere leaves the batch in flight, and the reaper gives it to the next
+drain. Writes are idempotent (``ab_event_ids`` holds each stored id once:
+``ab_events`` is partitioned by month and cannot have a unique index on
+``event_id``), so a batch written twice stores each event once, and
+RETURNING tells which rows are new.
 The key is global: an event_id already stored
 for a *different* event (another session, another payload: a client reusing
 ids) is not a redelivery but a conflict, counted
@@ -45,7 +48,7 @@ from django.db import DatabaseError, DataError, IntegrityError, connection, tran
 from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
 
-from server.apps.front.models import ABEvent
+from server.apps.front.models import ABEvent, ABEventId
 from server.apps.front.ops import metrics
 from server.apps.front.pipeline import copyin, queue
 
@@ -286,7 +289,7 @@ _COPY_CHUNK = 1 << 20
 _SAVEPOINT = "ab_writer_round"
 # RETURNING the ids as text: compared with the batch's own keys, and cheaper
 # to fetch than UUID objects.
-_INSERT_SQL = copyin.insert_sql(ABEvent._meta.db_table).replace("RETURNING event_id", "RETURNING event_id::text")
+_INSERT_SQL = copyin.insert_sql(ABEvent._meta.db_table, ABEventId._meta.db_table, returning="event_id::text")
 
 
 def _statement_timeout_ms() -> int:

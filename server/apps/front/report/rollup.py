@@ -577,6 +577,12 @@ def rebuild(
     return done
 
 
+def recompute_sessions(session_ids: list[str]) -> tuple[int, int]:
+    """Recompute these sessions' rows from the events that remain (a row whose session has none left goes);
+    (sessions, events). For a change of ab_events that fired no trigger: retention dropping a partition."""
+    return _rebuild_sessions(session_ids)
+
+
 def _rebuild_sessions(session_ids: list[str]) -> tuple[int, int]:
     """Recompute the given sessions' rows in one short transaction; (sessions, events)."""
     with transaction.atomic(), connection.cursor() as cursor:

@@ -1,4 +1,4 @@
-"""``manage.py ab_prune --older-than 180d``: retention, in short batches that never lock the table."""
+"""``manage.py ab_prune --older-than 180d``: retention by whole monthly partitions, the rest in short batches."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from server.apps.front.ops.retention import count_older, parse_age, prune
+from server.apps.front.ops.retention import count_older, parse_age, prune, whole_partitions
 
 
 class Command(BaseCommand):
-    help = "Delete ab_events rows received more than --older-than ago, in batches by primary key."
+    help = (
+        "Remove ab_events rows received more than --older-than ago: monthly partitions that end before the cutoff "
+        "are dropped (their sessions' rollup recomputed), the rest is deleted in batches by primary key; "
+        "ab_event_ids of events that are gone are trimmed."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--older-than", required=True, help="age such as 180d, 12h, 2w")
@@ -28,13 +32,20 @@ class Command(BaseCommand):
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1")
         cutoff = timezone.now() - age
+        when = cutoff.isoformat(timespec="seconds")
         if dry_run:
             count = count_older(cutoff)
-            self.stdout.write(f"would delete {count} events received before {cutoff.isoformat(timespec='seconds')}")
+            whole = [p.name for p in whole_partitions(cutoff)]
+            dropped = f"; partitions to drop whole: {', '.join(whole)}" if whole else "; no whole partition to drop"
+            self.stdout.write(f"would delete {count} events received before {when}{dropped}")
             return
         started = time.monotonic()
-        rows, statements = prune(cutoff, batch_size=batch_size, pause=pause)
+        result = prune(cutoff, batch_size=batch_size, pause=pause)
         self.stdout.write(
-            f"deleted {rows} events received before {cutoff.isoformat(timespec='seconds')} "
-            f"in {statements} statements ({time.monotonic() - started:.2f}s)"
+            f"deleted {result.rows} events received before {when}: "
+            f"{result.dropped_rows} by dropping {len(result.dropped)} partitions"
+            f"{' (' + ', '.join(result.dropped) + ')' if result.dropped else ''}, "
+            f"{result.rows - result.dropped_rows} in {result.statements} statements; "
+            f"rollup recomputed for {result.sessions_recomputed} sessions; "
+            f"{result.ids_trimmed} event ids trimmed ({time.monotonic() - started:.2f}s)"
         )
