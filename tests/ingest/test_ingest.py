@@ -154,6 +154,8 @@ def test_body_that_is_not_an_object_is_rejected(client):
 HARDENING_CASES = {
     "missing-session": ({"session_id": None}, "session_id"),
     "session-too-long": ({"session_id": "x" * 101}, "session_id"),
+    # The schema's maxLength is about the string as sent: whitespace that would be trimmed counts.
+    "session-too-long-with-trimmed-space": ({"session_id": "x" * 100 + " "}, "session_id"),
     "session-nul": ({"session_id": "abc\x00def"}, "session_id"),
     "session-number": ({"session_id": 12345}, "session_id"),
     "session-lone-surrogate": ('"session_id": "\\ud800abc"', "session_id"),
