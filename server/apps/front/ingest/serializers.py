@@ -107,9 +107,10 @@ def check_json_value(value: Any, *, depth: int, max_depth: int, path: str = "met
 class ABEventSerializer(serializers.ModelSerializer):
     """One A/B test event, as the frontend sends it (the spec's serializer, hardened)."""
 
-    # Declared explicitly: the model's unique ``event_id`` would otherwise get
-    # a UniqueValidator, i.e. a PostgreSQL query per request. Uniqueness is
-    # enforced at write time (ignore_conflicts), which is what makes retries safe.
+    # Declared explicitly: a model field declared unique would get a
+    # UniqueValidator, i.e. a PostgreSQL query per request. Uniqueness is
+    # enforced at write time (the writer's ``ab_event_ids``, ON CONFLICT DO
+    # NOTHING), which is what makes retries safe.
     event_id = StrictUUIDField(required=False)
     session_id = StrictCharField(max_length=100)
     step_number = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=INT32_MAX)

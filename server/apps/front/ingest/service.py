@@ -6,7 +6,7 @@ sessions. Each event goes through the same ``ABEventSerializer`` (one
 validation path, one validator per thread). A bad event is reported by its
 index and does not block the others: the valid ones are queued, all in one
 Redis round trip. A client ``event_id`` repeated within the batch is queued
-once (across requests the writer's unique ``event_id`` stores it once).
+once (across requests the writer stores each ``event_id`` once, through ``ab_event_ids``).
 """
 
 from __future__ import annotations
