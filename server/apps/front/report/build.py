@@ -622,7 +622,7 @@ def analyse(
     if getattr(settings, "AB_REPORT_INSIGHTS", True):
         from server.apps.front.report.insights import add_insights  # issue 14's sections and loss guard
 
-        report = add_insights(report, since, until, alpha=alpha, sequential=sequential)
+        report = add_insights(report, since, until, alpha=alpha, sequential=sequential, source=source)
     return report
 
 
