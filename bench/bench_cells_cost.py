@@ -16,6 +16,10 @@ cells and adds the new row's), as live traffic does when a session's events tric
 Runs on its own database (``abflow_bench_cells``, or ``BENCH_DATABASE_URL``) and the Redis database of
 ``BENCH_REDIS_URL`` (default 15) under its own key prefix. At the end the current bodies are installed and the
 insight cells are refilled from ab_sessions (then checked: 0 differences).
+
+Then, less noisy on a shared machine: one ``UPDATE`` of ``--statement-sessions`` existing ab_sessions rows
+(what a drain's insert trigger does to sessions it already holds) timed with each side's bodies, rolled back,
+``--statement-rounds`` alternations, medians: the cell triggers' own cost, without Redis, decoding or commit.
 """
 
 from __future__ import annotations
@@ -94,6 +98,41 @@ def items(sessions: int, prefix: str, order: str) -> list[bytes]:
     return [events[k] for k in range(len(kinds)) for events in per_session]
 
 
+def statement_cost(bodies: dict[str, str], sessions: int, rounds: int) -> dict[str, float]:
+    """Milliseconds of one UPDATE of ``sessions`` existing ab_sessions rows (what a drain's insert trigger
+    does to sessions it already holds), with the cell triggers of each side; rolled back, sides alternated,
+    medians. Less noisy than the whole drain on a shared machine: no Redis, no decoding, no commit."""
+    from django.db import connection, transaction
+
+    times: dict[str, list[float]] = {side: [] for side in bodies}
+    sides = list(bodies)
+    for round_ in range(rounds):
+        for side in sides if round_ % 2 == 0 else sides[::-1]:
+            with connection.cursor() as cursor:
+                cursor.execute(bodies[side])
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(
+                        "CREATE TEMP TABLE pick ON COMMIT DROP AS "
+                        "SELECT session_id FROM ab_sessions TABLESAMPLE BERNOULLI (50) LIMIT %s",
+                        [sessions],
+                    )
+                    started = time.perf_counter()
+                    cursor.execute(
+                        "UPDATE ab_sessions SET events = events + 1, last_event_at = last_event_at + interval '1 s' "
+                        "WHERE session_id IN (SELECT session_id FROM pick)"
+                    )
+                    times[side].append((time.perf_counter() - started) * 1000)
+                    raise _Rollback
+            except _Rollback:
+                pass
+    return {side: median(ms) for side, ms in times.items()}
+
+
+class _Rollback(Exception):
+    pass
+
+
 def drain_all() -> int:
     from server.apps.front.pipeline import writer
 
@@ -110,6 +149,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--order", choices=("interleaved", "session"), default="interleaved")
+    parser.add_argument("--statement-sessions", type=int, default=1000, help="sessions per timed UPDATE")
+    parser.add_argument("--statement-rounds", type=int, default=15)
     args = parser.parse_args()
 
     ensure_database()
@@ -134,6 +175,11 @@ def main() -> None:
             stored = drain_all()
             rates[side].append(stored / (time.perf_counter() - started))
             print(f"round {round_} {side:>6}: {rates[side][-1]:,.0f} events/s", flush=True)
+    statement = statement_cost(bodies, args.statement_sessions, args.statement_rounds)
+    print(
+        f"UPDATE of {args.statement_sessions} sessions (cell triggers only): {statement['before']:.1f} ms before, "
+        f"{statement['after']:.1f} ms with the insight cells ({statement['after'] / statement['before']:.2f}x)"
+    )
     with connection.cursor() as cursor:
         cursor.execute(bodies["after"])
         cursor.execute(f"SELECT pg_advisory_xact_lock({rollup.ROLLUP_LOCK})")
@@ -158,6 +204,8 @@ def main() -> None:
             "after_events_s": round(after),
             "ratio": round(after / before, 3),
             "cost_us_per_event": round(1e6 / after - 1e6 / before, 1),
+            "update_ms_before": round(statement["before"], 2),
+            "update_ms_after": round(statement["after"], 2),
         }
     )
     if any(differences.values()):

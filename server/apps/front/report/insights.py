@@ -33,12 +33,12 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from server.apps.front.experiment import CONTROL, TREATMENT, VARIANT_NAMES
 from server.apps.front.pipeline import queue
 from server.apps.front.report import power, quality, rollup, stats, survival
+from server.apps.front.report.build import report_cursor
 from server.apps.front.report.model import CompletedWithin, Insights, Report, finite
 
 LOSS_SUMS = ("stored", "n", "lost", "expected", "lost_sq", "expected_sq", "lost_expected")
@@ -108,7 +108,7 @@ CELLS_SQL = f"""WITH last AS (SELECT max({rollup.entry_sql("s")}) AS at FROM ab_
 
 
 def _rows(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    with connection.cursor() as cursor:
+    with report_cursor() as cursor:
         cursor.execute(sql, params)
         names = [c.name for c in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -190,7 +190,7 @@ def _document(value: Any) -> dict[str, Any]:
 def counts_from_scan(since: datetime | None, until: datetime | None, within_s: float) -> Counts:
     """The counts of the sessions that entered in ``[since, until)``: one scan of ab_sessions."""
     end = data_end(until)
-    with connection.cursor() as cursor:
+    with report_cursor() as cursor:
         cursor.execute(SCAN_SQL, {"since": since, "until": until, "end": end, "within": within_s})
         document = _document(cursor.fetchone()[0])
     within = {v: (int(c), int(f)) for v, c, f in document["within"]}
@@ -199,7 +199,7 @@ def counts_from_scan(since: datetime | None, until: datetime | None, within_s: f
 
 def counts_from_cells(within_s: float) -> Counts:
     """The counts of every session, from the cells (see the module's docstring)."""
-    with connection.cursor() as cursor:
+    with report_cursor() as cursor:
         cursor.execute(CELLS_SQL, {"within": within_s})
         last, raw = cursor.fetchone()
     document = _document(raw)
