@@ -77,7 +77,9 @@ _SCAN_PARTS = {
     "loss": _json_rows(_SCAN_CELLS["ab_report_loss"], "variant, " + ", ".join(LOSS_SUMS)),
 }
 SCAN_SQL = f"""WITH analysed AS MATERIALIZED (
-        SELECT s.*, 'analysed' AS status, {_FOLLOWED} AS followed, {_WITHIN} AS within
+        SELECT s.variant, s.events, s.completed, s.completed_at, s.last_event_at, s.assigned_at,
+            s.first_event_at, s.seq_max, s.seq_events, 'analysed' AS status,
+            {_FOLLOWED} AS followed, {_WITHIN} AS within
         FROM ab_sessions AS s WHERE {_ANALYSED}
     )
     SELECT json_build_object({", ".join(f"'{k}', {v}" for k, v in _SCAN_PARTS.items())})"""
@@ -191,6 +193,10 @@ def counts_from_scan(since: datetime | None, until: datetime | None, within_s: f
     """The counts of the sessions that entered in ``[since, until)``: one scan of ab_sessions."""
     end = data_end(until)
     with report_cursor() as cursor:
+        # The planner expects a few hundred selected sessions where there are tens of thousands (the
+        # optional bounds, min_variant = max_variant) and sorts them to disk for each grouping; hashing them
+        # is what it would pick knowing the numbers (0.42 s instead of 0.62 s over 88k sessions).
+        cursor.execute("SET LOCAL enable_sort = off")
         cursor.execute(SCAN_SQL, {"since": since, "until": until, "end": end, "within": within_s})
         document = _document(cursor.fetchone()[0])
     within = {v: (int(c), int(f)) for v, c, f in document["within"]}
