@@ -84,18 +84,22 @@ SCAN_SQL = f"""WITH analysed AS MATERIALIZED (
     )
     SELECT json_build_object({", ".join(f"'{k}', {v}" for k, v in _SCAN_PARTS.items())})"""
 
-# The all-time path: the cells, and the analysed sessions that entered in the last T seconds before the data's
-# end (an index range scan on the entry time).
-_RECENT = f"""SELECT s.variant, {rollup.done_sql("s")} AS done, {rollup.seconds_sql("s")} AS seconds
-    FROM ab_sessions AS s
-    WHERE {rollup.entry_sql("s")} > (SELECT at FROM last) - make_interval(secs => %(within)s)
-        AND s.min_variant = s.max_variant AND s.variant IS NOT NULL"""
+# The all-time path: the cells, and per variant the analysed sessions that entered in the last T seconds before
+# the data's end and those of them completed within T (an index range scan on the entry time).
+_RECENT = f"""SELECT r.variant, count(*) AS sessions,
+        count(*) FILTER (WHERE r.done AND r.seconds <= %(within)s) AS within
+    FROM (
+        SELECT s.variant, {rollup.done_sql("s")} AS done, {rollup.seconds_sql("s")} AS seconds
+        FROM ab_sessions AS s
+        WHERE {rollup.entry_sql("s")} > (SELECT at FROM last) - make_interval(secs => %(within)s)
+            AND s.min_variant = s.max_variant AND s.variant IS NOT NULL
+    ) AS r GROUP BY 1"""
 _CELL_PARTS = {
     "survival": _json_rows(
         "SELECT variant, done, seconds, sessions FROM ab_report_survival WHERE sessions <> 0",
         "variant, done, seconds, sessions",
     ),
-    "recent": _json_rows(_RECENT, "variant, done, seconds"),
+    "recent": _json_rows(_RECENT, "variant, sessions, within"),
     "daily": _json_rows(
         "SELECT variant, day, assigned, completed FROM ab_report_daily WHERE assigned <> 0",
         "variant, day, assigned, completed",
@@ -206,6 +210,10 @@ def counts_from_scan(since: datetime | None, until: datetime | None, within_s: f
 def counts_from_cells(within_s: float) -> Counts:
     """The counts of every session, from the cells (see the module's docstring)."""
     with report_cursor() as cursor:
+        # The sessions of the last T seconds must come from the index on the entry time: their lower bound is
+        # only known while the statement runs (the data's end minus T), so the planner guesses a third of the
+        # table and may pick a (parallel) sequential scan of every session. The cell tables are tiny either way.
+        cursor.execute("SET LOCAL enable_seqscan = off")
         cursor.execute(CELLS_SQL, {"within": within_s})
         last, raw = cursor.fetchone()
     document = _document(raw)
@@ -224,11 +232,10 @@ def counts_from_cells(within_s: float) -> Counts:
         total[1] += sessions
         if done and seconds <= within_s:
             total[0] += sessions
-    for variant, done, seconds in document["recent"]:
+    for variant, sessions, within in document["recent"]:
         total = within_sessions.setdefault(variant, [0, 0])
-        total[1] -= 1
-        if done and seconds <= within_s:
-            total[0] -= 1
+        total[0] -= within
+        total[1] -= sessions
     return _common(document, end, {v: (c, f) for v, (c, f) in within_sessions.items()})
 
 
