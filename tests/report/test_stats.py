@@ -27,6 +27,16 @@ def test_wilson_interval_matches_newcombe_table(x: int, n: int, low: float, high
     assert got == pytest.approx((low, high), abs=1e-4)
 
 
+@pytest.mark.parametrize("confidence", [0.95, 0.99, 0.9])
+def test_wilson_interval_is_scipys_to_the_last_bit(confidence: float) -> None:
+    from scipy.stats import binomtest
+
+    for n in (1, 2, 3, 7, 40, 1000, 123457, 10**7):
+        for x in {0, 1, n // 3, n // 2, n - 1, n}:
+            ci = binomtest(x, n).proportion_ci(confidence_level=confidence, method="wilson")
+            assert stats.wilson_interval(x, n, confidence) == (float(ci.low), float(ci.high)), (x, n)
+
+
 def test_wilson_interval_without_trials_is_undefined() -> None:
     assert all(math.isnan(v) for v in stats.wilson_interval(0, 0))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -197,3 +199,81 @@ def test_median_interval_ignores_the_band_where_it_is_undefined():
     arm = result.a
     assert 50 < arm.median_low < arm.median_seconds < arm.median_high
     assert all(p.low <= p.not_completed <= p.high for p in arm.curve)
+
+
+# --- the counts path equals scipy's per-session estimators ------------------------------------------
+
+
+def _scipy_reference(ta, da, tb, db, confidence=0.95, max_points=200):
+    """What the report computed before it read counts: scipy's ecdf (curve, log-log band, median) and logrank
+    on per-session arrays (the code of report/survival.py up to this change)."""
+
+    def arm(t, d):
+        sf = sps.ecdf(_censored(t, d)).sf
+        q, v = np.asarray(sf.quantiles, float), np.asarray(sf.probabilities, float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # undefined band points: replaced below
+            band = sf.confidence_interval(confidence, method="log-log")
+            low, high = np.asarray(band.low.evaluate(q), float), np.asarray(band.high.evaluate(q), float)
+        low, high = np.where(np.isnan(low), v, low), np.where(np.isnan(high), v, high)
+        keep = np.unique(np.linspace(0, q.size - 1, min(q.size, max_points)).astype(int))
+        crossing = survival._crossing
+        return (q, v, low, high, keep), (crossing(q, v), crossing(q, low), crossing(q, high))
+
+    test = sps.logrank(_censored(tb, db), _censored(ta, da))
+    return arm(ta, da), arm(tb, db), (float(test.statistic), float(test.pvalue))
+
+
+def _random_arm(rng: np.random.Generator, n: int, ties: bool) -> tuple[np.ndarray, np.ndarray]:
+    t = rng.exponential(30, n)
+    t = np.ceil(t) if ties else t
+    return t, rng.random(n) < rng.uniform(0.2, 0.95)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_counts_path_equals_scipy_ecdf_and_logrank_per_session(seed):
+    rng = np.random.default_rng(1000 + seed)
+    # Tiny samples (1 to 5 sessions) and larger ones, times with many ties (whole seconds) or none.
+    size = (lambda: int(rng.integers(1, 6))) if seed % 3 == 0 else (lambda: int(rng.integers(20, 800)))
+    ties = seed % 2 == 0
+    (ta, da), (tb, db) = _random_arm(rng, size(), ties), _random_arm(rng, size(), ties)
+    da[0], db[0] = True, True  # at least one completion each: otherwise there is no comparison
+    result = survival.compare_survival(ta, da, tb, db)
+    assert result is not None
+    (curve_a, medians_a), (curve_b, medians_b), (statistic, p) = _scipy_reference(ta, da, tb, db)
+    for got, (q, v, low, high, keep), medians in ((result.a, curve_a, medians_a), (result.b, curve_b, medians_b)):
+        assert [pt.seconds for pt in got.curve] == list(q[keep])
+        np.testing.assert_allclose([pt.not_completed for pt in got.curve], v[keep], rtol=0, atol=1e-12)
+        np.testing.assert_allclose([pt.low for pt in got.curve], low[keep], rtol=0, atol=1e-12)
+        np.testing.assert_allclose([pt.high for pt in got.curve], high[keep], rtol=0, atol=1e-12)
+        assert (got.median_seconds, got.median_low, got.median_high) == medians
+    if np.isnan(statistic):
+        assert np.isnan(result.logrank_statistic) and np.isnan(result.logrank_p)
+    else:
+        assert result.logrank_statistic == pytest.approx(statistic, rel=1e-9, abs=1e-12)
+        assert result.logrank_p == pytest.approx(p, rel=1e-9, abs=1e-15)
+
+
+def test_counts_from_grouped_rows_equal_counts_from_sessions():
+    rng = np.random.default_rng(8)
+    t, d = np.ceil(rng.exponential(20, 500)), rng.random(500) < 0.6
+    times, done = np.unique(np.stack([t, d]), axis=1)
+    rows = [(x, bool(y), int(((t == x) & (d == y)).sum())) for x, y in zip(times, done, strict=True)]
+    rng.shuffle(rows)
+    grouped, direct = survival.ArmCounts.of_rows(rows), survival.ArmCounts.of_sessions(t, d)
+    for name in ("times", "completed", "censored"):
+        np.testing.assert_array_equal(getattr(grouped, name), getattr(direct, name))
+
+
+def test_log_rank_stays_finite_where_scipy_overflows_int64():
+    # About 2M sessions per arm in counts: scipy's int64 at-risk products overflow (its variance turns
+    # negative and the p-value nan); the counts path is in floating point.
+    times = np.arange(1.0, 2001.0)
+    a = survival.ArmCounts(times, np.full(2000, 900.0), np.full(2000, 100.0))
+    b = survival.ArmCounts(times, np.full(2000, 905.0), np.full(2000, 95.0))
+    result = survival.compare_survival_counts(a, b)
+    assert result is not None
+    assert np.isfinite(result.logrank_statistic) and 0 < result.logrank_p < 1
+    # The same arithmetic as scipy's, done with int64 as scipy does, is what breaks:
+    n = 4_000_000 - np.cumsum(np.full(2000, 2000.0)) + 2000
+    assert (n.astype(np.int64) ** 2 * 1805 * (n.astype(np.int64) - 1805) < 0).any()

@@ -35,13 +35,14 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils.dateparse import parse_date, parse_datetime
 
 from server.apps.front.experiment import CONTROL, TREATMENT, VARIANT_NAMES, configured_split, parse_split
@@ -186,6 +187,9 @@ def _percentiles(buckets: str, group: tuple[str, ...], ps: tuple[float, ...], va
                 sum(sessions) OVER (PARTITION BY {g} ORDER BY bucket) - sessions AS before
             FROM {buckets}
         ) AS b ON {on} AND b.before <= r.rank AND r.rank < b.before + b.sessions
+        -- A fence: without it the planner pulls this subquery up and copies the correlated lookup into
+        -- each of the three references to x.value below, evaluating it three times per rank.
+        OFFSET 0
     ) AS x
     GROUP BY {", ".join(f"x.{k}" for k in group)}, x.p, x.frac"""
 
@@ -249,7 +253,11 @@ step_caps AS MATERIALIZED (
 step_pcts AS MATERIALIZED ({_STEP_PCTS}),
 step_cap_bucket AS (
     SELECT v.variant, v.step, sum(least(v.ms, c.cap)::numeric * v.sessions) AS capped
-    FROM step_caps c JOIN ab_report_step_values v ON v.step = c.step AND v.bucket = c.cap_bucket
+    -- LATERAL ... OFFSET 0: an index range per cap's bucket (the planner, expecting dozens of caps where there
+    -- are a few, would otherwise hash-join the whole values table).
+    FROM step_caps c CROSS JOIN LATERAL (
+        SELECT * FROM ab_report_step_values v WHERE v.step = c.step AND v.bucket = c.cap_bucket OFFSET 0
+    ) AS v
     GROUP BY v.variant, v.step
 ),
 step_stats AS (
@@ -278,7 +286,9 @@ total_cap_bucket AS (
     SELECT v.variant,
         sum(least(v.total_ms, c.cap)::numeric * v.sessions) AS s1,
         sum(least(v.total_ms, c.cap)::numeric * least(v.total_ms, c.cap)::numeric * v.sessions) AS s2
-    FROM total_cap c JOIN ab_report_total_values v ON v.bucket = c.cap_bucket
+    FROM total_cap c CROSS JOIN LATERAL (
+        SELECT * FROM ab_report_total_values v WHERE v.bucket = c.cap_bucket OFFSET 0
+    ) AS v
     GROUP BY v.variant
 ),
 total_sums AS (
@@ -374,6 +384,20 @@ def options_from_query(query: Mapping[str, str]) -> dict[str, Any]:
 # --- database ----------------------------------------------------------------------
 
 
+@contextmanager
+def report_cursor() -> Iterator[Any]:
+    """A cursor for the report's statements, with PostgreSQL's JIT compiler off (for this transaction).
+
+    Once the cell tables are ANALYZEd, the planner's cost estimate of the cells statement (a correlated
+    lookup per percentile bucket) crosses ``jit_above_cost``, and compiling its ~600 expressions took 1.7 s of
+    a 2.8 s statement over a few thousand rows (1M events, load average 7). These statements read few rows or
+    are bounded by I/O: JIT does not pay for itself here.
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL jit = off")
+        yield cursor
+
+
 def fetch_aggregates(
     since: datetime | None = None, until: datetime | None = None, *, source: str = "rollup"
 ) -> dict[str, Any]:
@@ -383,7 +407,7 @@ def fetch_aggregates(
     its cost grows with the table).
     """
     sql = aggregates_sql(since, until, source)
-    with connection.cursor() as cursor:
+    with report_cursor() as cursor:
         cursor.execute(sql, {"since": since, "until": until})
         (document,) = cursor.fetchone()
     # psycopg decodes ``json`` columns itself; a plain string means a driver that does not.
@@ -622,7 +646,7 @@ def analyse(
     if getattr(settings, "AB_REPORT_INSIGHTS", True):
         from server.apps.front.report.insights import add_insights  # issue 14's sections and loss guard
 
-        report = add_insights(report, since, until, alpha=alpha, sequential=sequential)
+        report = add_insights(report, since, until, alpha=alpha, sequential=sequential, source=source)
     return report
 
 

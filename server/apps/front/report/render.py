@@ -41,8 +41,8 @@ def insight_rows(report: Report, f: Formatter) -> list[tuple[str, str]]:
         rows.append(
             (
                 f"Restricted mean difference ({b} − {a})",
-                f"{sec(s.rmst_diff, '+')} [{sec(s.rmst_diff_low, '+')}, {sec(s.rmst_diff_high, '+')}], "
-                + _p_is(f, s.rmst_diff_p),
+                f"{sec(s.rmst_diff, '+')} [{sec(s.rmst_diff_low, '+')}, {sec(s.rmst_diff_high, '+')}] "
+                "(estimate, not tested: the log-rank test below is the test)",
             )
         )
         rows.append(("Log-rank test (equal time-to-complete curves)", _p_is(f, s.logrank_p)))

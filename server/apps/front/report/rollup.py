@@ -192,6 +192,15 @@ def replace_sql(source: str) -> str:
 # Statement-level triggers on ab_sessions add each changed session's new contribution and subtract its old
 # one (transition tables hold both versions of every row a statement changed).
 
+#
+# Issue 14's sections have cells of their own (same triggers), each keyed by what ONE ab_sessions row
+# determines (so adding a row's new version and subtracting its old one is exact):
+# - ab_report_survival: per (variant, completed, whole seconds from entry to completion or to the last event)
+#   the analysed sessions: the Kaplan-Meier curves, RMST and log-rank read counts per time point; "completed
+#   within T" is these cells minus the few sessions that entered in the last T seconds (read by the index on
+#   the entry time), so T stays a setting and is not baked into any cell;
+# - ab_report_daily: per (variant, UTC day of entry) the analysed sessions and those completed;
+# - ab_report_loss: per variant the sums of the event-loss guard (seq gaps).
 FUNNEL_KEY = ("status", "variant", "max_step", "abandoned_step", "min_step")
 FUNNEL_SUMS = ("sessions", "events", "started", "completed", "abandoned")
 # Times are kept twice: every distinct value with its number of sessions (``*_values``), and coarse
@@ -204,10 +213,42 @@ CELL_TABLES = {
     "ab_report_step_buckets": (("variant", "step", "bucket"), ("sessions", "sum_ms")),
     "ab_report_total_values": (("bucket", "total_ms", "variant"), ("sessions",)),
     "ab_report_total_buckets": (("variant", "bucket"), ("sessions", "sum_ms", "sum_sq")),
+    "ab_report_survival": (("variant", "done", "seconds"), ("sessions",)),
+    "ab_report_daily": (("variant", "day"), ("assigned", "completed")),
+    "ab_report_loss": (
+        ("variant",),
+        ("sessions", "stored", "n", "lost", "expected", "lost_sq", "expected_sq", "lost_expected"),
+    ),
 }
+# Sums kept as numeric (exact; the others are bigint counts).
+NUMERIC_SUMS = frozenset({"sum_ms", "sum_sq", "lost_sq", "expected_sq", "lost_expected"})
 # NULL is not a key value a unique constraint can match: the cells store '' for no variant and -1 for no
 # step (steps are >= 0, the serializer's rule); build.py turns them back into NULL.
 NO_VARIANT, NO_STEP = "''", -1
+
+
+def entry_sql(s: str) -> str:
+    """When session row ``s`` entered the experiment: its first variant_assigned, else its first event.
+    ab_sessions has an expression index on exactly this (ab_sessions_entered_at)."""
+    return f"COALESCE({s}.assigned_at, {s}.first_event_at)"
+
+
+def done_sql(s: str) -> str:
+    """Session row ``s`` completed (and has a completion time)."""
+    return f"({s}.completed AND {s}.completed_at IS NOT NULL)"
+
+
+def seconds_sql(s: str) -> str:
+    """Whole seconds from entry to completion, or to the last event for a session not completed (censored
+    there); never negative (event times are corrected client clocks and may disagree by a little)."""
+    return f"""ceil(greatest(extract(epoch FROM
+    CASE WHEN {done_sql(s)} THEN {s}.completed_at ELSE {s}.last_event_at END - {entry_sql(s)}), 0))::bigint"""
+
+
+def lost_sql(s: str) -> str:
+    """Events of session row ``s`` that never arrived: the numbers below its highest ``seq`` stored, minus the
+    events that carry one (a client that numbered two events alike cannot make it negative); NULL without seq."""
+    return f"greatest({s}.seq_max - {s}.seq_events, 0)::bigint"
 
 
 def bucket_sql(ms: str) -> str:
@@ -215,7 +256,23 @@ def bucket_sql(ms: str) -> str:
     return f"floor(ln({ms} + 1) * 20)::integer"
 
 
-CELLS_DDL = f"""
+INSIGHT_CELLS_DDL = """
+CREATE TABLE IF NOT EXISTS ab_report_survival (
+    variant text NOT NULL, done boolean NOT NULL, seconds bigint NOT NULL, sessions bigint NOT NULL,
+    PRIMARY KEY (variant, done, seconds)
+);
+CREATE TABLE IF NOT EXISTS ab_report_daily (
+    variant text NOT NULL, day date NOT NULL, assigned bigint NOT NULL, completed bigint NOT NULL,
+    PRIMARY KEY (variant, day)
+);
+CREATE TABLE IF NOT EXISTS ab_report_loss (
+    variant text NOT NULL PRIMARY KEY,
+    sessions bigint NOT NULL, stored bigint NOT NULL, n bigint NOT NULL, lost bigint NOT NULL,
+    expected bigint NOT NULL, lost_sq numeric NOT NULL, expected_sq numeric NOT NULL, lost_expected numeric NOT NULL
+);
+"""
+
+_BASE_CELLS_DDL = f"""
 CREATE TABLE IF NOT EXISTS ab_report_funnel (
     status text NOT NULL, variant text NOT NULL, max_step integer NOT NULL, abandoned_step integer NOT NULL,
     min_step integer NOT NULL,
@@ -243,6 +300,7 @@ CREATE TABLE IF NOT EXISTS ab_report_total_buckets (
     PRIMARY KEY (variant, bucket)
 );
 """
+CELLS_DDL = _BASE_CELLS_DDL + INSIGHT_CELLS_DDL
 
 
 def classified_sql(source: str) -> str:
@@ -295,6 +353,18 @@ def cells_from(classified: str, steps: str, totals: str) -> dict[str, str]:
         "ab_report_total_buckets": f"""SELECT t.variant, {bucket_sql("t.total_ms")} AS bucket,
             count(*) AS sessions, sum(t.total_ms::numeric) AS sum_ms, sum(t.total_ms::numeric ^ 2) AS sum_sq
             FROM {totals} AS t GROUP BY 1, 2""",
+        "ab_report_survival": f"""SELECT c.variant, {done_sql("c")} AS done, {seconds_sql("c")} AS seconds,
+            count(*) AS sessions FROM {classified} AS c WHERE c.status = 'analysed' GROUP BY 1, 2, 3""",
+        "ab_report_daily": f"""SELECT c.variant, ({entry_sql("c")} AT TIME ZONE 'UTC')::date AS day,
+            count(*) AS assigned, count(*) FILTER (WHERE c.completed) AS completed
+            FROM {classified} AS c WHERE c.status = 'analysed' GROUP BY 1, 2""",
+        "ab_report_loss": f"""SELECT c.variant, count(*) AS sessions, sum(c.events)::bigint AS stored,
+            count(c.seq_max) AS n, coalesce(sum({lost_sql("c")}), 0)::bigint AS lost,
+            coalesce(sum(c.seq_max), 0)::bigint AS expected,
+            coalesce(sum({lost_sql("c")}::numeric * {lost_sql("c")}), 0) AS lost_sq,
+            coalesce(sum(c.seq_max::numeric * c.seq_max), 0) AS expected_sq,
+            coalesce(sum({lost_sql("c")}::numeric * c.seq_max), 0) AS lost_expected
+            FROM {classified} AS c WHERE c.status = 'analysed' GROUP BY 1""",
     }
 
 
@@ -321,9 +391,7 @@ def _apply_cells_sql(new: str | None, old: str | None) -> str:
     for table, (keys, sums) in CELL_TABLES.items():
         parts = " UNION ALL ".join(f"SELECT *, {sign} AS sign FROM ({cells[table]}) AS x" for cells, sign in sides)
         key = ", ".join(keys)
-        totals = ", ".join(
-            f"sum({c} * sign)" + ("" if c.startswith("sum_") else "::bigint") + f" AS {c}" for c in sums
-        )
+        totals = ", ".join(f"sum({c} * sign)" + ("" if c in NUMERIC_SUMS else "::bigint") + f" AS {c}" for c in sums)
         nonzero = " OR ".join(f"sum({c} * sign) <> 0" for c in sums)
         updates = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in sums)
         upserts.append(
@@ -452,7 +520,7 @@ CREATE TRIGGER ab_events_rollup_truncate AFTER TRUNCATE ON ab_events
 
 UNINSTALL_SQL = f"""
 DROP TABLE IF EXISTS ab_report_funnel, ab_report_step_values, ab_report_step_buckets, ab_report_total_values,
-    ab_report_total_buckets;
+    ab_report_total_buckets, ab_report_survival, ab_report_daily, ab_report_loss;
 DROP FUNCTION IF EXISTS ab_report_on_session_insert() CASCADE;
 DROP FUNCTION IF EXISTS ab_report_on_session_update() CASCADE;
 DROP FUNCTION IF EXISTS ab_report_on_session_delete() CASCADE;

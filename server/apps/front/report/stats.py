@@ -68,8 +68,16 @@ def wilson_interval(successes: int, trials: int, confidence: float = DEFAULT_CON
     """
     if trials <= 0:
         return (math.nan, math.nan)
-    ci = sps.binomtest(int(successes), int(trials)).proportion_ci(confidence_level=confidence, method="wilson")
-    return (float(ci.low), float(ci.high))
+    # scipy's binomtest(...).proportion_ci(method="wilson") written out, operation for operation (Newcombe
+    # 1998): the same floats, without binomtest's p-value computation that cost ~3 ms a call (20 funnel
+    # stages per report).
+    k, n = int(successes), int(trials)
+    p = k / n
+    z = float(special.ndtri(0.5 + 0.5 * confidence))
+    denom = 2 * (n + z**2)
+    center = (2 * n * p + z**2) / denom
+    delta = z / denom * math.sqrt(4 * n * p * (1 - p) + z**2)
+    return (0.0 if k == 0 else center - delta, 1.0 if k == n else center + delta)
 
 
 # --- two proportions -------------------------------------------------------------
