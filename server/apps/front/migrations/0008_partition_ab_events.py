@@ -288,11 +288,11 @@ def backwards(apps, schema_editor) -> None:
 
 
 class Migration(migrations.Migration):
-    # Depends on 0006 only: nothing here reads what a later migration changes (columns, foreign keys and
-    # triggers are copied from the catalog as they are when this runs).
+    # After 0007 (the insight cells); nothing here depends on what 0007 changed: columns, foreign keys
+    # and triggers are copied from the catalog as they are when this runs.
     dependencies = [
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
-        ("front", "0006_absession_seq"),
+        ("front", "0007_report_insight_cells"),
     ]
 
     operations = [
