@@ -174,16 +174,21 @@ def test_sigterm_with_nothing_in_flight_exits_at_once(tmp_path):
     with running_server(tmp_path, WEB_CONCURRENCY="2", LOG_LEVEL="INFO") as server:
         # Both workers serving (a worker still importing the app when the stop comes is
         # waited for up to WEB_GRACEFUL_TIMEOUT, then killed: docs/operations.md).
-        deadline = time.monotonic() + 60
-        while not all(f"Started worker-{n}\n" in server.output() for n in (1, 2)):
-            assert time.monotonic() < deadline, server.output()
-            time.sleep(0.1)
+        _wait_for_workers(server, 2)
         started = time.monotonic()
         server.popen.send_signal(signal.SIGTERM)
         assert server.popen.wait(timeout=30) == 0, server.output()
         assert time.monotonic() - started < 10
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", server.port), timeout=1)
+
+
+def _wait_for_workers(server: WebServer, n: int) -> None:
+    """Until granian logged that each of its n workers started (needs LOG_LEVEL=INFO)."""
+    deadline = time.monotonic() + 60
+    while not all(f"Started worker-{i}\n" in server.output() for i in range(1, n + 1)):
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.1)
 
 
 # --- Prometheus multiprocess metrics and readiness ---------------------------------------------
@@ -204,7 +209,11 @@ def _accepted_total(server: WebServer) -> float:
 def test_metrics_of_every_worker_process_are_merged_and_readyz_answers(tmp_path):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    with running_server(tmp_path, WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)) as server:
+    with running_server(
+        tmp_path, WEB_CONCURRENCY="2", LOG_LEVEL="INFO", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)
+    ) as server:
+        # The first worker may answer while the second still loads the app: then every request goes to one.
+        _wait_for_workers(server, 2)
         for n in range(40):  # a new connection each: the kernel spreads them over both processes
             conn = server.connection()
             assert server.post_event(conn, f"metrics-{n}") == 201
