@@ -102,6 +102,13 @@ def ensure_database() -> None:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     conn.close()
     subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO_ROOT, env=bench_env(), check=True)
+    # The spec's MVP writes into the spec's own table (bench/baseline/models.py).
+    subprocess.run(
+        [PYTHON, "-c", "import django; django.setup(); from bench.baseline.models import ensure_table; ensure_table()"],
+        cwd=REPO_ROOT,
+        env={**bench_env(), "DJANGO_SETTINGS_MODULE": "bench.baseline.settings"},
+        check=True,
+    )
 
 
 def reset() -> None:
@@ -113,6 +120,9 @@ def reset() -> None:
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("TRUNCATE ab_events, ab_event_ids RESTART IDENTITY")
+        cur.execute("SELECT to_regclass('bench_mvp_ab_events') IS NOT NULL")
+        if cur.fetchone()[0]:
+            cur.execute("TRUNCATE bench_mvp_ab_events RESTART IDENTITY")
     conn.close()
     redis.Redis.from_url(bench_redis_url()).flushdb()
 
@@ -292,9 +302,7 @@ def event_body(n: int = 0) -> dict[str, Any]:
     }
 
 
-def queue_items(
-    n: int, *, session_prefix: str | None = None, with_event_time: bool = False
-) -> list[bytes]:
+def queue_items(n: int, *, session_prefix: str | None = None, with_event_time: bool = False) -> list[bytes]:
     """``n`` queued events as the endpoint encodes them (through the queue's codec; needs setup_django()).
 
     ``session_prefix``: one random session per event under that prefix (spreads them over queue shards).

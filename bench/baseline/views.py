@@ -1,5 +1,7 @@
 """The spec's MVP, verbatim in substance: one ``serializer.save()`` (one INSERT) per request.
 
+It writes into the spec's own table (``bench/baseline/models.py``), not abflow's ``ab_events``.
+
 This is what the asynchronous path is measured against (bench/bench_ingest.py);
 it is not served by the application.
 """
@@ -14,7 +16,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from server.apps.front.models import ABEvent
+from bench.baseline.models import SpecABEvent as ABEvent
 
 
 class ABEventSerializer(serializers.ModelSerializer):
