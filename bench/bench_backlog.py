@@ -1,6 +1,6 @@
 """A large backlog (default 1,000,000 events): time for the real worker to drain it, and its peak memory.
 
-    .venv/bin/python bench/bench_backlog.py [--events 1000000]
+    .venv/bin/python bench/bench_backlog.py [--events 1000000] [--workers 1]
 
 The events are pushed straight into the bench queue (as the endpoint would
 have queued them), then the Procfile's worker (one solo-pool process) and beat
@@ -70,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (each the Procfile's solo pool)")
     args = parser.parse_args()
 
     ensure_database()
@@ -84,6 +85,10 @@ def main() -> None:
     print(f"pushed {args.events} events in {time.perf_counter() - started:.1f} s; batch size {settings.AB_BATCH_SIZE}")
     with Processes("backlog") as procs:
         worker = procs.worker()
+        # More worker processes (--workers): beat's next drain task goes to a free one while the first
+        # still drains (each run lasts up to AB_DRAIN_BUDGET s, beat fires every AB_FLUSH_INTERVAL s).
+        for n in range(1, args.workers):
+            procs.worker(f"worker{n + 1}")
         sampler = MemorySampler(worker.pid)
         sampler.start()
         started = time.perf_counter()
@@ -105,7 +110,10 @@ def main() -> None:
         sampler.join()
     stored = db_scalar("SELECT count(*) FROM ab_events")
     mb = 1024 * 1024
-    print(f"drained {stored} of {args.events} events in {seconds:.1f} s ({stored / seconds:.0f} events/s)")
+    print(
+        f"drained {stored} of {args.events} events in {seconds:.1f} s ({stored / seconds:.0f} events/s), "
+        f"{args.workers} worker process(es)"
+    )
     print(
         f"worker peak RSS: drain process {sampler.peak_process / mb:.0f} MB,"
         f" parent + child {sampler.peak_tree / mb:.0f} MB"

@@ -46,7 +46,8 @@ def test_worker_killed_after_claim_and_after_commit_loses_and_duplicates_nothing
         locker.autocommit = False
         # 1. killed between claim and commit.
         locker.cursor().execute("LOCK TABLE ab_events IN SHARE MODE")
-        first = stack.start_worker("after-claim", REDIS_SOCKET_TIMEOUT="5")
+        # One drain per run (AB_DRAIN_THREADS=1): each crash point is one claimed batch, counted exactly.
+        first = stack.start_worker("after-claim", REDIS_SOCKET_TIMEOUT="5", AB_DRAIN_THREADS="1")
         stack.trigger_drain()
         wait_for(lambda: _insert_waiting_on_lock(stack), 30, "the worker's INSERT to wait on the lock")
         assert len(_leases(stack)) == 1
@@ -58,7 +59,7 @@ def test_worker_killed_after_claim_and_after_commit_loses_and_duplicates_nothing
 
         # 2. killed between commit and ack.
         locker.cursor().execute("LOCK TABLE ab_events IN SHARE MODE")
-        second = stack.start_worker("after-commit", REDIS_SOCKET_TIMEOUT="5")
+        second = stack.start_worker("after-commit", REDIS_SOCKET_TIMEOUT="5", AB_DRAIN_THREADS="1")
         stack.trigger_drain()
         wait_for(lambda: _insert_waiting_on_lock(stack), 30, "the second worker's INSERT to wait on the lock")
         stack.r.execute_command("CLIENT", "PAUSE", "30000", "WRITE")

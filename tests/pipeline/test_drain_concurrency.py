@@ -60,3 +60,38 @@ def test_concurrent_drains_store_every_event_exactly_once():
     assert max(stored.values()) == 1
     stats = queue.stats()
     assert (stats.depth, stats.inflight, stats.dead) == (0, 0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_drain_concurrently_uses_helper_threads_on_a_backlog_and_stores_each_event_once():
+    """The shipped drain (AB_DRAIN_THREADS): helpers in threads of the worker process, their totals added."""
+    items = [make_item() for _ in range(3000)]
+    queue.push(items)
+    expected = {queue.decode_event(item)["id"] for item in items}
+    seen_threads: set[str] = set()
+    real_write = writer.write_items
+
+    def recording_write(batch):  # the real writer; only notes which thread ran it
+        seen_threads.add(threading.current_thread().name)
+        return real_write(batch)
+
+    writer.write_items = recording_write
+    try:
+        result = writer.drain_concurrently(3, batch_size=100, budget=120)
+    finally:
+        writer.write_items = real_write
+    assert result.error is None
+    assert result.stored == result.claimed == 3000
+    assert len(seen_threads) > 1, seen_threads  # the helpers drained too
+    stored = Counter(str(i) for i in ABEvent.objects.values_list("event_id", flat=True))
+    assert set(stored) == expected and max(stored.values()) == 1
+    stats = queue.stats()
+    assert (stats.depth, stats.inflight, stats.dead) == (0, 0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_drain_concurrently_starts_no_helper_for_a_queue_within_one_batch(monkeypatch):
+    queue.push([make_item() for _ in range(50)])
+    monkeypatch.setattr(writer, "_helper_pool", lambda size: pytest.fail("a helper started for one batch"))
+    result = writer.drain_concurrently(2, batch_size=100, budget=30)
+    assert result.stored == 50

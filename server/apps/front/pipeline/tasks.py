@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
+
 from server.apps.front.ops import partitions
 from server.apps.front.pipeline import writer
 
@@ -13,7 +15,7 @@ log = logging.getLogger("abflow.drain")
 
 def flush() -> dict[str, Any]:
     """One drain run of the Redis queue into PostgreSQL, logged as one structured line."""
-    result = writer.drain()
+    result = writer.drain_concurrently(settings.AB_DRAIN_THREADS)
     # One structured line per run (its fields become JSON keys under
     # LOG_FORMAT=json); idle runs, every AB_FLUSH_INTERVAL s, only at DEBUG.
     busy = result.claimed or result.requeued or result.dead_lettered or result.error
