@@ -158,9 +158,7 @@ def main() -> None:
     cluster = RedisCluster(root, 3).start()
     try:
         # The broker must not be the cluster (settings refuse it); the bench's plain Redis is.
-        setup_django(
-            AB_QUEUE_REDIS_URL=cluster.url, AB_QUEUE_REDIS_CLUSTER="true", CELERY_BROKER_URL=bench_redis_url()
-        )
+        setup_django(AB_QUEUE_REDIS_URL=cluster.url, AB_QUEUE_REDIS_CLUSTER="true", CELERY_BROKER_URL=bench_redis_url())
         ensure_database()
         items = queue_items(args.events, session_prefix="bench-shard-")
         print(f"cluster {cluster.binary} ports {cluster.ports}; {args.events} events, {args.procs} processes")

@@ -258,7 +258,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "abflow API",
     "DESCRIPTION": "Event ingest for the onboarding A/B test, the staff report and the operations probes. "
-    "Every ingest rejection answers {\"success\": false, \"errors\": {<field>: [messages]}}.",
+    'Every ingest rejection answers {"success": false, "errors": {<field>: [messages]}}.',
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI from the drf-spectacular-sidecar package: the page works offline, no CDN.

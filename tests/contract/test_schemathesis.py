@@ -110,7 +110,6 @@ def assert_valid_data_accepted(case: Any, response: Any) -> None:
     # metricsToken) with made-up credentials, which are refused, as they should be.
     assert response.status_code < 400 or response.status_code == 403, (response.status_code, response.text)
 
-
     query = case.query or {}
     until = query.get("until")
     if isinstance(until, str) and until.strip() == "9999-12-31":

@@ -351,9 +351,7 @@ def send(clients: dict[str, APIClient], request: Request) -> Any:
         extra["HTTP_X_CSRFTOKEN"] = CSRF_SECRET
     # generic(), not post(): post() would re-encode the body in the declared charset.
     url = f"{request.url}?{request.query}" if request.query else request.url
-    return clients[request.auth].generic(
-        request.method, url, request.body, content_type=request.content_type, **extra
-    )
+    return clients[request.auth].generic(request.method, url, request.body, content_type=request.content_type, **extra)
 
 
 @pytest.mark.parametrize("debug", [False, True], ids=["production", "debug"])

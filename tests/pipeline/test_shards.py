@@ -165,9 +165,7 @@ def test_an_empty_shard_is_skipped_not_waited_on(r, settings):
     queue.ack(batch)
 
 
-def test_a_batch_partly_refused_by_a_full_shard_answers_503_and_its_retry_stores_each_event_once(
-    client, r, settings
-):
+def test_a_batch_partly_refused_by_a_full_shard_answers_503_and_its_retry_stores_each_event_once(client, r, settings):
     settings.AB_QUEUE_SHARDS = 2
     settings.AB_QUEUE_MAX = 20  # 10 per shard
     per = sessions_by_shard(2, 1)
@@ -320,7 +318,9 @@ def _ab_queue(*args: str) -> str:
 def test_the_queue_cluster_as_celery_broker_is_refused_at_start_up():
     """kombu has no cluster transport: the broker must be named apart from a cluster queue."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AB_", "CELERY_"))}
-    env.update(DJANGO_SETTINGS_MODULE="server.settings", AB_QUEUE_REDIS_CLUSTER="true", REDIS_URL="redis://127.0.0.1:7000")
+    env.update(
+        DJANGO_SETTINGS_MODULE="server.settings", AB_QUEUE_REDIS_CLUSTER="true", REDIS_URL="redis://127.0.0.1:7000"
+    )
     setup = [sys.executable, "-c", "import django; django.setup()"]
     refused = subprocess.run(setup, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert refused.returncode != 0

@@ -190,9 +190,7 @@ class ABSession(models.Model):
         db_table = "ab_sessions"
         managed = True
         indexes = [
-            models.Index(
-                models.functions.Coalesce("assigned_at", "first_event_at"), name="ab_sessions_entered_at"
-            ),
+            models.Index(models.functions.Coalesce("assigned_at", "first_event_at"), name="ab_sessions_entered_at"),
         ]
 
     def __str__(self) -> str:

@@ -148,11 +148,10 @@ def _shard_families(stats: queue.QueueStats) -> Iterator[Metric]:
     is listed (range(AB_QUEUE_SHARDS) and leftovers of a larger setting).
     """
     families = {
-        "depth": GaugeMetricFamily(
-            "abflow_queue_shard_depth", "Events waiting in one queue shard.", labels=["shard"]
-        ),
+        "depth": GaugeMetricFamily("abflow_queue_shard_depth", "Events waiting in one queue shard.", labels=["shard"]),
         "inflight": GaugeMetricFamily(
-            "abflow_queue_shard_inflight_events", "Events claimed from one shard, not yet acknowledged.",
+            "abflow_queue_shard_inflight_events",
+            "Events claimed from one shard, not yet acknowledged.",
             labels=["shard"],
         ),
         "dead": GaugeMetricFamily(
@@ -314,9 +313,7 @@ def record_invalid(errors: Any) -> None:
 # --- drains ----------------------------------------------------------------------------
 
 
-def observe_drain(
-    *, stored: int, dead_lettered: int, seconds: float, error: str | None, conflicts: int = 0
-) -> None:
+def observe_drain(*, stored: int, dead_lettered: int, seconds: float, error: str | None, conflicts: int = 0) -> None:
     """One drain run's counters (called by writer.drain, in the worker process)."""
     EVENTS_STORED.inc(stored)
     EVENTS_DEAD_LETTERED.inc(dead_lettered)

@@ -78,7 +78,8 @@ ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 # move items in chunks of this size.
 _LUA_CHUNK = 1000
 
-_LUA_HELPERS = """
+_LUA_HELPERS = (
+    """
 local function push_chunked(cmd, key, items, first)
   local n = #items
   local i = first or 1
@@ -102,11 +103,14 @@ local function attempt_key(item)
   if ok and type(ev) == 'table' and type(ev['id']) == 'string' then return ev['id'] end
   return 'sha1:' .. redis.sha1hex(item)
 end
-""" % _LUA_CHUNK
+"""
+    % _LUA_CHUNK
+)
 
 # KEYS: queue. ARGV: cap, item...
 # Returns the new depth, or -1 when the queue is over its cap (backpressure).
-_PUSH = """
+_PUSH = (
+    """
 local depth = redis.call('LLEN', KEYS[1])
 if depth + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
 local n = #ARGV
@@ -118,19 +122,26 @@ while i <= n do
   i = j + 1
 end
 return result
-""" % _LUA_CHUNK
+"""
+    % _LUA_CHUNK
+)
 
 # KEYS: queue, leases, inflight. ARGV: count, lease_ms.
-_CLAIM = _LUA_HELPERS + """
+_CLAIM = (
+    _LUA_HELPERS
+    + """
 local items = redis.call('LPOP', KEYS[1], ARGV[1])
 if not items then return {} end
 push_chunked('RPUSH', KEYS[3], items)
 redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[2]), KEYS[3])
 return items
 """
+)
 
 # KEYS: leases, inflight, dead, attempts. ARGV: dead entry...
-_ACK = _LUA_HELPERS + """
+_ACK = (
+    _LUA_HELPERS
+    + """
 if redis.call('HLEN', KEYS[4]) > 0 then
   for _, item in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
     redis.call('HDEL', KEYS[4], attempt_key(item))
@@ -141,25 +152,34 @@ redis.call('ZREM', KEYS[1], KEYS[2])
 if #ARGV > 0 then push_chunked('RPUSH', KEYS[3], ARGV) end
 return #ARGV
 """
+)
 
 # KEYS: queue, leases, inflight. Puts the batch back at the head, in order.
-_RELEASE = _LUA_HELPERS + """
+_RELEASE = (
+    _LUA_HELPERS
+    + """
 local items = redis.call('LRANGE', KEYS[3], 0, -1)
 for i = #items, 1, -1 do redis.call('LPUSH', KEYS[1], items[i]) end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[2], KEYS[3])
 return #items
 """
+)
 
 # KEYS: leases. ARGV: limit. The in-flight lists whose lease has expired.
-_EXPIRED = _LUA_HELPERS + """
+_EXPIRED = (
+    _LUA_HELPERS
+    + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
 """
+)
 
 # KEYS: queue, leases, inflight, attempts, dead. ARGV: max_attempts.
 # Re-checks the lease inside the script: a batch acked in the meantime is left
 # alone. Returns {requeued, dead_lettered}.
-_REQUEUE = _LUA_HELPERS + """
+_REQUEUE = (
+    _LUA_HELPERS
+    + """
 local score = redis.call('ZSCORE', KEYS[2], KEYS[3])
 if not score or tonumber(score) > now_ms() then return {0, 0} end
 local items = redis.call('LRANGE', KEYS[3], 0, -1)
@@ -182,14 +202,18 @@ redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[2], KEYS[3])
 return {#back, #dead}
 """
+)
 
 
 # KEYS: drain. ARGV: stored, dead_lettered. Server time, like stats()' ages.
-_RECORD_DRAIN = _LUA_HELPERS + """
+_RECORD_DRAIN = (
+    _LUA_HELPERS
+    + """
 local t = now_ms()
 redis.call('HSET', KEYS[1], 'last_success_ms', t, 'last_stored', ARGV[1], 'last_dead_lettered', ARGV[2])
 return t
 """
+)
 
 # KEYS: dead, queue. ARGV: mode ('replay' | 'purge'), limit, event_id...
 # Without ids: takes up to ``limit`` entries from the head of the dead list.
@@ -199,7 +223,9 @@ return t
 # the event keeps its event_id and a replay stores it once however often it
 # runs; an entry that is not our JSON is queued raw, and the writer
 # dead-letters it again (nothing is lost). Returns the number taken.
-_DEAD_TAKE = _LUA_HELPERS + """
+_DEAD_TAKE = (
+    _LUA_HELPERS
+    + """
 local mode, limit = ARGV[1], tonumber(ARGV[2])
 local function item_of(entry)
   local ok, dead = pcall(cjson.decode, entry)
@@ -233,6 +259,7 @@ if mode == 'replay' and #taken > 0 then
 end
 return #taken
 """
+)
 
 
 class QueueFull(Exception):
@@ -587,9 +614,7 @@ def dead_entry(item: bytes, error: str) -> bytes:
     fail the whole batch the dead letter was meant to spare.
     """
     error = error.encode("utf-8", "replace").decode("utf-8")
-    return orjson.dumps(
-        {"event": item.decode("utf-8", "replace"), "error": error, "at": int(time.time() * 1000)}
-    )
+    return orjson.dumps({"event": item.decode("utf-8", "replace"), "error": error, "at": int(time.time() * 1000)})
 
 
 # --- operations -----------------------------------------------------------------
@@ -932,9 +957,7 @@ def dead_letters(start: int = 0, count: int = 50, *, client: QueueClient | None 
     return found
 
 
-def _dead_take(
-    mode: str, limit: int | None, event_ids: Sequence[str], chunk: int, client: QueueClient | None
-) -> int:
+def _dead_take(mode: str, limit: int | None, event_ids: Sequence[str], chunk: int, client: QueueClient | None) -> int:
     """Replay or purge in every shard; a replayed item goes back to its own shard's queue (its slot)."""
     r = client or get_redis()
     total = 0

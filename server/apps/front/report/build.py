@@ -262,11 +262,13 @@ step_cap_bucket AS (
 ),
 step_stats AS (
     SELECT b.variant, b.step, sum(b.sessions)::bigint AS sessions,
-        {_mean(
-            "coalesce(sum(b.sum_ms) FILTER (WHERE b.bucket < c.cap_bucket), 0) + coalesce(max(f.capped), 0)"
-            " + c.cap::numeric * coalesce(sum(b.sessions) FILTER (WHERE b.bucket > c.cap_bucket), 0)",
-            "sum(b.sessions)",
-        )} AS mean_ms,
+        {
+    _mean(
+        "coalesce(sum(b.sum_ms) FILTER (WHERE b.bucket < c.cap_bucket), 0) + coalesce(max(f.capped), 0)"
+        " + c.cap::numeric * coalesce(sum(b.sessions) FILTER (WHERE b.bucket > c.cap_bucket), 0)",
+        "sum(b.sessions)",
+    )
+} AS mean_ms,
         {_mean("sum(b.sum_ms)", "sum(b.sessions)")} AS mean_raw_ms,
         max(m.value) AS median_ms,
         max(q.value) AS p90_ms,
@@ -504,9 +506,7 @@ def _secondary(
     )
     adjusted = stats.benjamini_hochberg({m.metric: (math.nan if m.p_value is None else m.p_value) for m in metrics})
     # nan < alpha is False: a metric without a test is never significant.
-    metrics = [
-        replace(m, p_adjusted=adjusted[m.metric], significant=bool(adjusted[m.metric] < alpha)) for m in metrics
-    ]
+    metrics = [replace(m, p_adjusted=adjusted[m.metric], significant=bool(adjusted[m.metric] < alpha)) for m in metrics]
     return metrics, welch
 
 
@@ -598,20 +598,12 @@ def assemble(
             for v in VARIANT_NAMES
         },
         time_per_step={
-            v: [
-                _pick(StepTime, row)
-                for row in aggregates["steps"]
-                if row["variant"] == v
-            ]
-            for v in VARIANT_NAMES
+            v: [_pick(StepTime, row) for row in aggregates["steps"] if row["variant"] == v] for v in VARIANT_NAMES
         },
         time_to_complete=TimeToComplete(
             definition="sum of a completed session's step times (metadata.time_spent_ms), "
             "mean capped at the pooled 99th percentile",
-            by_variant={
-                v: _pick(CompletionTime, time_stats[v]) if v in time_stats else None
-                for v in VARIANT_NAMES
-            },
+            by_variant={v: _pick(CompletionTime, time_stats[v]) if v in time_stats else None for v in VARIANT_NAMES},
             welch=welch,
         ),
     )

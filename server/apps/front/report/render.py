@@ -132,8 +132,10 @@ def format_text(report: Report) -> str:
         scale = f.seconds if m.kind == "mean" else f.pct
         diff = f.seconds(m.diff, "+") if m.kind == "mean" else f.points(m.diff)
         untested = m.kind == "mean" and report.insights is not None  # description only (survivorship)
-        tail = "  (description only, not tested)" if untested else (
-            f"p {f.p(m.p_value):>8}  adj {f.p(m.p_adjusted):>8}{'  *' if m.significant else ''}"
+        tail = (
+            "  (description only, not tested)"
+            if untested
+            else (f"p {f.p(m.p_value):>8}  adj {f.p(m.p_adjusted):>8}{'  *' if m.significant else ''}")
         )
         lines.append(
             f"  {m.metric:<24} {a} {scale(m.control):>8}  {b} {scale(m.treatment):>8}  diff {diff:>10}  {tail}"

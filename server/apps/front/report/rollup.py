@@ -502,7 +502,11 @@ def install_sql() -> str:
         f"FOR EACH STATEMENT EXECUTE FUNCTION {name}();\n"
         for name, (event, transition, _) in SESSION_TRIGGERS.items()
     )
-    return CELLS_DDL + functions + on_sessions + f"""
+    return (
+        CELLS_DDL
+        + functions
+        + on_sessions
+        + f"""
 DROP TRIGGER IF EXISTS ab_report_on_session_truncate ON ab_sessions;
 CREATE TRIGGER ab_report_on_session_truncate AFTER TRUNCATE ON ab_sessions
     FOR EACH STATEMENT EXECUTE FUNCTION ab_report_on_session_truncate();
@@ -516,6 +520,7 @@ DROP TRIGGER IF EXISTS ab_events_rollup_truncate ON ab_events;
 CREATE TRIGGER ab_events_rollup_truncate AFTER TRUNCATE ON ab_events
     FOR EACH STATEMENT EXECUTE FUNCTION {TRUNCATE_FUNCTION}();
 """
+    )
 
 
 UNINSTALL_SQL = f"""
@@ -537,9 +542,7 @@ DROP FUNCTION IF EXISTS {TRUNCATE_FUNCTION}();
 def installed_bodies() -> dict[str, str]:
     """The trigger functions' bodies as installed in the database."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT proname, prosrc FROM pg_proc WHERE proname = ANY(%s)", [list(function_bodies())]
-        )
+        cursor.execute("SELECT proname, prosrc FROM pg_proc WHERE proname = ANY(%s)", [list(function_bodies())])
         return dict(cursor.fetchall())
 
 

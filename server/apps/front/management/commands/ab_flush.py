@@ -31,9 +31,7 @@ class Command(BaseCommand):
             help="print a progress line this often (0: after every batch)",
         )
 
-    def handle(
-        self, *args: Any, batch_size: int | None, budget: float, progress_every: float, **options: Any
-    ) -> None:
+    def handle(self, *args: Any, batch_size: int | None, budget: float, progress_every: float, **options: Any) -> None:
         result = writer.drain(
             batch_size=batch_size, budget=budget, progress=self._progress, progress_every=progress_every
         )
