@@ -42,7 +42,7 @@ if "BENCH_DATABASE_URL" not in os.environ:
     _parts = urlsplit(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
     os.environ["BENCH_DATABASE_URL"] = urlunsplit(_parts._replace(path="/abflow_bench_cells"))
 
-from bench.common import emit, ensure_database, median, setup_django
+from bench.common import drain_all, emit, ensure_database, median, setup_django
 
 INSIGHT_TABLES = ("ab_report_survival", "ab_report_daily", "ab_report_loss")
 
@@ -131,17 +131,6 @@ def statement_cost(bodies: dict[str, str], sessions: int, rounds: int) -> dict[s
 
 class _Rollback(Exception):
     pass
-
-
-def drain_all() -> int:
-    from server.apps.front.pipeline import writer
-
-    stored = 0
-    while True:
-        result = writer.drain(budget=600)
-        stored += result.stored
-        if result.claimed == 0:
-            return stored
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ if "BENCH_DATABASE_URL" not in os.environ:
     _parts = urlsplit(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
     os.environ["BENCH_DATABASE_URL"] = urlunsplit(_parts._replace(path=f"/abflow_bench_report_{_events_arg()}"))
 
-from bench.common import emit, ensure_database, median, setup_django  # noqa: E402
+from bench.common import drain_all, emit, ensure_database, median, setup_django  # noqa: E402
 
 T0 = "2025-03-01 00:00:00+00"
 EVENTS_PER_SESSION = 5.8  # what the generator below averages; sessions = events / this, then trimmed
@@ -196,17 +196,6 @@ def new_items(sessions: int, prefix: str) -> list[bytes]:
             }
             items.append(queue.encode_event(data, user_id=None, received_at=now, event_time=None))
     return items
-
-
-def drain_all() -> int:
-    from server.apps.front.pipeline import writer
-
-    stored = 0
-    while True:
-        result = writer.drain(budget=600)
-        stored += result.stored
-        if result.claimed == 0:
-            return stored
 
 
 def rebuild_while_ingesting(batch_events: int) -> dict[str, object]:

@@ -325,6 +325,18 @@ def queue_items(n: int, *, session_prefix: str | None = None, with_event_time: b
     return items
 
 
+def drain_all() -> int:
+    """Drain the bench queue into PostgreSQL in this process until it is empty; the events stored."""
+    from server.apps.front.pipeline import writer
+
+    stored = 0
+    while True:
+        result = writer.drain(budget=600)
+        stored += result.stored
+        if result.claimed == 0:
+            return stored
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
