@@ -13,7 +13,10 @@ rotates from round to round (so no side always follows another):
   no conflict handling, nothing decoded; the ceiling of any COPY writer;
 * ``drain``: the events queued in Redis (untimed), then ``writer.drain()``,
   what the worker runs: claim, decode, encode, COPY into the staging table,
-  ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``, ack.
+  ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``, ack;
+* ``drain-2``: the same with two drains at once in this process
+  (``writer.drain_concurrently(2)``), what the shipped worker does on a
+  backlog (``AB_DRAIN_THREADS``). The raw sides stay one connection each.
 
 ``--variants`` adds ``copy-text`` (raw COPY in text format, for the
 binary-or-text choice) and ``drain-drop`` (the drain with an ``ON COMMIT DROP``
@@ -156,7 +159,7 @@ def _push(items: list[bytes]) -> None:
         queue.push(items[start : start + 10_000])
 
 
-def time_drain(items: list[bytes], batch_size: int, *, staging: str | None = None) -> float:
+def time_drain(items: list[bytes], batch_size: int, *, staging: str | None = None, threads: int = 1) -> float:
     from django.db import connection
 
     from server.apps.front.pipeline import copyin, writer
@@ -170,7 +173,7 @@ def time_drain(items: list[bytes], batch_size: int, *, staging: str | None = Non
         copyin.CREATE_STAGING = saved.replace(" IF NOT EXISTS", "").replace("ON COMMIT DELETE ROWS", "ON COMMIT DROP")
     try:
         started = time.perf_counter()
-        result = writer.drain(batch_size=batch_size, budget=3600)
+        result = writer.drain_concurrently(threads, batch_size=batch_size, budget=3600)
         seconds = time.perf_counter() - started
     finally:
         copyin.CREATE_STAGING = saved
@@ -205,6 +208,8 @@ def main() -> None:
         "bulk_create": lambda items: time_bulk_create(items, batch_size),
         "copy": lambda items: time_copy(items, batch_size),
         "drain": lambda items: time_drain(items, batch_size),
+        # What the shipped worker runs on a backlog: AB_DRAIN_THREADS (2) drains in one process.
+        "drain-2": lambda items: time_drain(items, batch_size, threads=2),
     }
     if args.variants:
         sides["copy-text"] = lambda items: time_copy(items, batch_size, binary=False)
@@ -234,6 +239,8 @@ def main() -> None:
     figures = {f"{name}_events_per_s": median(rates[name]) for name in names}
     figures["drain_vs_bulk_create"] = ratio("drain", "bulk_create")
     figures["drain_vs_copy"] = ratio("drain", "copy")
+    figures["drain2_vs_bulk_create"] = ratio("drain-2", "bulk_create")
+    figures["drain2_vs_copy"] = ratio("drain-2", "copy")
     figures["copy_vs_bulk_create"] = ratio("copy", "bulk_create")
     if args.variants:
         figures["copy_text_vs_binary"] = ratio("copy-text", "copy")
