@@ -407,6 +407,17 @@ class DrainResult:
     def as_log(self) -> dict[str, Any]:
         return {"event": "ab_drain", **self.__dict__}
 
+    @classmethod
+    def combined(cls, results: list[DrainResult]) -> DrainResult:
+        """Drains that ran at once, as one: counts added, the longest time, the first error."""
+        total = cls()
+        for r in results:
+            for name in ("batches", "claimed", "stored", "dead_lettered", "conflicts", "requeued"):
+                setattr(total, name, getattr(total, name) + getattr(r, name))
+            total.seconds = max(total.seconds, r.seconds)
+            total.error = total.error or r.error
+        return total
+
 
 # Set on a warm shutdown (SIGTERM to the Celery worker, see worker/tasks.py):
 # the running drain finishes and acks the batch it holds, then claims no more,
@@ -530,14 +541,4 @@ def drain_concurrently(threads: int, batch_size: int | None = None, budget: floa
         except Exception as exc:  # a helper's own failure must not hide what the others stored
             log.exception("a helper drain failed")
             results.append(DrainResult(error=f"{type(exc).__name__}: {exc}".strip()))
-    total = DrainResult()
-    for r in results:
-        total.batches += r.batches
-        total.claimed += r.claimed
-        total.stored += r.stored
-        total.dead_lettered += r.dead_lettered
-        total.conflicts += r.conflicts
-        total.requeued += r.requeued
-        total.seconds = max(total.seconds, r.seconds)
-        total.error = total.error or r.error
-    return total
+    return DrainResult.combined(results)
