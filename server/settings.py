@@ -329,6 +329,9 @@ AB_CLIENT_TS_MAX_AGE = env_int("AB_CLIENT_TS_MAX_AGE", 7 * 86_400, minimum=0)
 # Per-IP rate limit on both ingest endpoints, DRF syntax ("100/s", "6000/min").
 # Empty (default): off, the frontend is trusted.
 AB_THROTTLE_RATE = env_str("AB_THROTTLE_RATE", "")
+# The web tier answers the common anonymous single event without Django's request
+# cycle, byte for byte as Django would (ingest/fastlane.py); off: Django serves all.
+AB_FAST_LANE = env_bool("AB_FAST_LANE", True)
 
 # The throttle's counters live in Redis, shared by all web workers.
 CACHES = {

@@ -276,7 +276,10 @@ def record(status: str, headers: list[tuple[str, str]], body: bytes, *, throttle
     return {"status": status, "headers": sorted(kept, key=lambda pair: (pair[0].lower(), pair[1])), **text}
 
 
-def answer_of(url: str, name: str, settings: Any) -> dict[str, Any]:
+def answer_of(
+    url: str, name: str, settings: Any, wrap: Callable[[WSGIHandler], Callable[..., Any]] = lambda app: app
+) -> dict[str, Any]:
+    """The recorded form of the answer to case ``name``, from Django's handler (``wrap``-ped: the fast lane)."""
     case = CASES[(url, name)]
     OUTAGE.reset()  # an earlier test's simulated PostgreSQL outage must not make a session user anonymous
     settings.CORS_ALLOWED_ORIGINS = [ALLOWED_ORIGIN]
@@ -284,7 +287,7 @@ def answer_of(url: str, name: str, settings: Any) -> dict[str, Any]:
     for key, value in case.settings.items():
         setattr(settings, key, value.format(free_port=free_port()) if isinstance(value, str) else value)
     # A handler built under these settings (middleware read some of them once).
-    app = WSGIHandler()
+    app = wrap(WSGIHandler())
     throttled = "AB_THROTTLE_RATE" in case.settings
     environ = wsgi_environ(url, name, case)
     if throttled:

@@ -41,7 +41,7 @@ INGEST_RENDERERS = [JSONRenderer]
 # What nearly every client sends (no Accept, fetch/sendBeacon's */*, or
 # application/json): for each the full negotiation picks the JSON renderer as
 # "application/json", with no parameters (so no ``indent``).
-_PLAIN_ACCEPTS = {None, "*/*", "application/json"}
+PLAIN_ACCEPTS = {None, "*/*", "application/json"}
 
 
 class IngestContentNegotiation(DefaultContentNegotiation):
@@ -64,7 +64,7 @@ class IngestContentNegotiation(DefaultContentNegotiation):
             and len(renderers) == 1
             and renderers[0].media_type == "application/json"
             and not meta.get("QUERY_STRING")
-            and meta.get("HTTP_ACCEPT") in _PLAIN_ACCEPTS
+            and meta.get("HTTP_ACCEPT") in PLAIN_ACCEPTS
         ):
             return renderers[0], "application/json"
         return super().select_renderer(request, renderers, format_suffix)

@@ -1,0 +1,404 @@
+"""The fast lane: the common single event answered without Django's request cycle, byte for byte as Django would.
+
+Nearly every request to ``POST /api/rest/front/ab-event/`` is the same: an
+anonymous client (no session cookie, no token), a small JSON body, a plain
+``Accept``. For it Django and DRF spent ~430 of the ~550 us of CPU a request
+cost in the application (building the request, eleven middleware, DRF's
+request wrapping, authentication, throttling, negotiation, rendering) to reach
+an answer known in advance: 201 ``{"success":true}`` with a fixed set of headers.
+On 2 cores that CPU was the web tier's tail latency (docs/performance.md).
+
+:class:`IngestFastLane` is a WSGI middleware in front of Django's handler. For
+such a request it validates the event with the same serializer
+(``fast_validation``), queues it with the same ``service.enqueue`` and answers
+itself. It only *answers*; it never *refuses*: any request it does not
+recognise as plainly valid (another path or method, a query string, a cookie
+Django reads, credentials, gzip, another Accept or Content-Type, a ``sent_at``,
+JSON orjson refuses, an event ``fast_validation`` does not pass, a disallowed
+Host, an HTTP request that SECURE_SSL_REDIRECT would redirect) goes to Django
+untouched, so every error message and every unusual answer is Django's and
+DRF's own. After the event is queued, only the queue's own failures (Redis
+down, queue full) are answered here, as the view answers them (503 +
+Retry-After): falling back then could queue the event twice.
+
+Its answers are Django's: the headers are made by the middleware that makes
+them in Django's path (SecurityMiddleware's and CorsMiddleware's own code,
+run once per distinct value and cached), the bodies by DRF's JSONRenderer,
+the ``Allow`` from the view's own class; what it does per request is
+assemble them in Django's order. tests/ingest/test_fastlane.py holds every
+answer equal to Django's, header order included, for the recorded cases and
+for generated requests, and the queued event equal too.
+
+The lane models the middleware stack and view configuration it was written
+against (:data:`MODELLED_MIDDLEWARE`, the view's classes); if settings differ
+(another middleware, throttling on, a CORS signal handler, disallowed user
+agents, ``AB_FAST_LANE=false``) it switches itself off and Django serves every
+request, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from io import BytesIO
+from typing import Any
+
+import orjson
+from corsheaders.middleware import CorsMiddleware
+from corsheaders.signals import check_request_enabled
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.http import HttpRequest, HttpResponse
+from django.http.request import split_domain_port, validate_host
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
+from django.urls import resolve
+from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
+
+from server.apps.front.ingest import views
+from server.apps.front.ingest.errors import QueueUnavailable, envelope
+from server.apps.front.ingest.serializers import fast_limits
+from server.apps.front.ingest.service import enqueue, event_validator
+from server.apps.front.ingest.throttling import IngestRateThrottle
+from server.apps.front.ops import metrics
+from server.apps.front.pipeline import queue
+
+log = logging.getLogger(__name__)
+
+PATH = "/api/rest/front/ab-event/"
+
+# The stack whose effect on this one request the lane reproduces; any other
+# MIDDLEWARE turns it off. What each does here, for an anonymous JSON POST:
+MODELLED_MIDDLEWARE = (
+    "server.apps.front.ops.metrics.IngestLatencyMiddleware",  # the latency histogram: observed here too
+    "corsheaders.middleware.CorsMiddleware",  # Vary: origin, access-control-* for an allowed Origin
+    "django.middleware.security.SecurityMiddleware",  # HSTS (secure requests), nosniff, Referrer, COOP; redirect
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files only: nothing
+    "server.apps.front.ingest.middleware.IngestBodyMiddleware",  # gzip and caps: no gzip here, length checked
+    "django.contrib.sessions.middleware.SessionMiddleware",  # Vary: Cookie (the user lookup reads the session)
+    "django.middleware.common.CommonMiddleware",  # Host check (400 otherwise), Content-Length
+    "django.middleware.csrf.CsrfViewMiddleware",  # nothing without a CSRF cookie (DRF checks sessions only)
+    "django.contrib.auth.middleware.AuthenticationMiddleware",  # anonymous without a session cookie
+    "server.apps.front.ingest.middleware.AdminMessageMiddleware",  # skipped under the ingest prefix
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",  # X-Frame-Options
+)
+
+# What fetch() and sendBeacon() send; DRF parses each with orjson first, whatever the charset.
+_CONTENT_TYPES = frozenset(
+    {
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/json;charset=utf-8",
+        "application/json; charset=UTF-8",
+        "application/json;charset=UTF-8",
+        "text/plain;charset=UTF-8",
+        "text/plain; charset=UTF-8",
+        "text/plain;charset=utf-8",
+        "text/plain; charset=utf-8",
+    }
+)
+# The request headers that make Django's answer depend on more than the lane models.
+_DJANGO_ONLY_HEADERS = (
+    "HTTP_AUTHORIZATION",  # token authentication
+    "HTTP_CONTENT_ENCODING",  # gzip: the body middleware inflates it
+    "HTTP_ACCESS_CONTROL_REQUEST_PRIVATE_NETWORK",  # a CORS answer that depends on it
+)
+_MAX_HOSTS = 256  # distinct Host values remembered as allowed
+
+_Answer = tuple[str, list[tuple[str, str]], bytes]
+
+
+def _status_line(code: int) -> str:
+    return f"{code} {HTTPStatus(code).phrase}"
+
+
+@dataclass(frozen=True)
+class LaneConfig:
+    """Everything the lane reads from settings and the view, computed once (and again when settings change)."""
+
+    enabled: bool
+    reason: str  # why it is off, for the log
+    route: str = ""
+    allow: str = ""
+    xframe: str = "DENY"
+    vary: str = "Cookie"
+    cors_enabled: bool = False
+    security_plain: tuple[tuple[str, str], ...] = ()
+    security_secure: tuple[tuple[str, str], ...] = ()
+    redirect_insecure: bool = False
+    proxy_ssl_header: tuple[str, str] | None = None
+    cookie_names: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    max_body: int = 0
+    retry_after: str = ""
+    created: bytes = b""
+    queue_down: bytes = b""
+    queue_full: bytes = b""
+
+
+def _off(reason: str) -> LaneConfig:
+    return LaneConfig(enabled=False, reason=reason)
+
+
+def _security_headers(secure: bool) -> tuple[tuple[str, str], ...]:
+    """What SecurityMiddleware adds to a response of a (secure or plain) request, by its own code."""
+    request = HttpRequest()
+    request.is_secure = lambda: secure  # type: ignore[method-assign]
+    response = HttpResponse()
+    del response["Content-Type"]
+    SecurityMiddleware(lambda r: response).process_response(request, response)
+    return tuple(response.items())
+
+
+def _view_mismatch() -> str:
+    """Why the view at PATH is not the one the lane answers for, or ""."""
+    match = resolve(PATH)
+    if match.func is not views.track_ab_event:
+        return f"{PATH} resolves to {match.func!r}"
+    view = match.func.cls
+    expected = {
+        "authentication_classes": list(views.INGEST_AUTHENTICATION),
+        "renderer_classes": list(views.INGEST_RENDERERS),
+        "content_negotiation_class": views.IngestContentNegotiation,
+        "permission_classes": [AllowAny],
+        "throttle_classes": [IngestRateThrottle],
+    }
+    for name, value in expected.items():
+        if getattr(view, name) != value:
+            return f"the view's {name} changed"
+    parsers = [f"{cls.__module__}.{cls.__qualname__}" for cls in view.parser_classes]
+    if parsers != [
+        "server.apps.front.ingest.parsers.ABEventJSONParser",
+        "server.apps.front.ingest.parsers.PlainTextJSONParser",
+    ]:
+        return "the view's parsers changed"
+    return ""
+
+
+def build_config() -> LaneConfig:
+    if not settings.AB_FAST_LANE:
+        return _off("AB_FAST_LANE is off")
+    if tuple(settings.MIDDLEWARE) != MODELLED_MIDDLEWARE:
+        return _off("MIDDLEWARE is not the stack the lane models")
+    if settings.AB_THROTTLE_RATE:
+        return _off("AB_THROTTLE_RATE is set (throttling is DRF's)")
+    if settings.DISALLOWED_USER_AGENTS or settings.PREPEND_WWW or settings.USE_X_FORWARDED_HOST:
+        return _off("DISALLOWED_USER_AGENTS, PREPEND_WWW or USE_X_FORWARDED_HOST is set")
+    if settings.FORCE_SCRIPT_NAME is not None:
+        return _off("FORCE_SCRIPT_NAME is set")
+    if check_request_enabled.has_listeners(None):
+        return _off("a corsheaders check_request_enabled handler decides per request")
+    mismatch = _view_mismatch()
+    if mismatch:
+        return _off(mismatch)
+    renderer = JSONRenderer()
+    cors_enabled = CorsMiddleware(lambda r: HttpResponse()).is_enabled(_template_request())
+    security = SecurityMiddleware(lambda r: HttpResponse())
+    exempt = any(pattern.search(PATH.lstrip("/")) for pattern in security.redirect_exempt)
+    allowed_hosts = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed_hosts:  # Django's own default in DEBUG (HttpRequest.get_host)
+        allowed_hosts = [".localhost", "127.0.0.1", "[::1]"]
+    proxy = settings.SECURE_PROXY_SSL_HEADER
+    view = resolve(PATH).func.cls()
+    return LaneConfig(
+        enabled=True,
+        reason="",
+        route=resolve(PATH).route,
+        allow=", ".join(view.allowed_methods),
+        xframe=XFrameOptionsMiddleware(lambda r: HttpResponse()).get_xframe_options_value(
+            HttpRequest(), HttpResponse()
+        ),
+        # SessionMiddleware patches Vary first (the session was read), CorsMiddleware after it.
+        vary="Cookie, origin" if cors_enabled else "Cookie",
+        cors_enabled=cors_enabled,
+        security_plain=_security_headers(False),
+        security_secure=_security_headers(True),
+        redirect_insecure=security.redirect and not exempt,
+        proxy_ssl_header=(proxy[0], proxy[1]) if proxy else None,
+        cookie_names=(settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME),
+        allowed_hosts=tuple(allowed_hosts),
+        max_body=settings.AB_MAX_BODY_BYTES,
+        retry_after=str(settings.AB_RETRY_AFTER),
+        created=renderer.render({"success": True}),
+        queue_down=renderer.render(envelope({"queue": [str(QueueUnavailable.default_detail)]})),
+        queue_full=renderer.render(envelope({"queue": ["Event queue is full, retry later."]})),
+    )
+
+
+def _template_request(origin: str | None = None) -> HttpRequest:
+    request = HttpRequest()
+    request.method = "POST"
+    request.path = request.path_info = PATH
+    if origin is not None:
+        request.META["HTTP_ORIGIN"] = origin
+    return request
+
+
+class IngestFastLane:
+    """WSGI middleware: answers the common single event itself, hands everything else to ``app``."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self._config: LaneConfig | None = None
+        self._hosts: dict[str, bool] = {}
+        self._cors: dict[str, tuple[tuple[str, str], ...]] = {}
+        setting_changed.connect(self._settings_changed)
+
+    def _settings_changed(self, **kwargs: Any) -> None:
+        self._config = None
+
+    @property
+    def config(self) -> LaneConfig:
+        config = self._config
+        if config is None:
+            config = self._config = build_config()
+            self._hosts = {}
+            self._cors = {}
+            if not config.enabled:
+                log.info("ingest fast lane off: %s", config.reason)
+        return config
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        answer = self.answer(environ)
+        if answer is None:
+            return self.app(environ, start_response)
+        status, headers, body = answer
+        start_response(status, headers)
+        return [body]
+
+    # --- per request -------------------------------------------------------------------
+
+    def answer(self, environ: dict[str, Any]) -> _Answer | None:
+        """The answer to a request the lane serves, or None (and the request unchanged) for Django."""
+        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
+            return None
+        config = self.config
+        if not config.enabled or not self._plain(environ, config):
+            return None
+        started = time.perf_counter()
+        secure = self._is_secure(environ, config)
+        if (config.redirect_insecure and not secure) or not self._host_allowed(environ, config):
+            return None
+        body = self._read_body(environ, config)
+        if body is None:
+            return None
+        data = self._valid_event(body)
+        if data is None:
+            return None
+        try:
+            enqueue([data])
+        except queue.QueueFull:
+            return self._respond(environ, config, 503, config.queue_full, secure, started, rejected="queue_full")
+        except queue.ERRORS:
+            return self._respond(environ, config, 503, config.queue_down, secure, started, rejected="redis_down")
+        metrics.EVENTS_ACCEPTED.inc()
+        return self._respond(environ, config, 201, config.created, secure, started)
+
+    @staticmethod
+    def _plain(environ: dict[str, Any], config: LaneConfig) -> bool:
+        """An anonymous JSON POST with nothing Django would treat specially."""
+        if environ.get("QUERY_STRING") or environ.get("SCRIPT_NAME"):
+            return False
+        if environ.get("CONTENT_TYPE") not in _CONTENT_TYPES:
+            return False
+        if environ.get("HTTP_ACCEPT") not in views.PLAIN_ACCEPTS:
+            return False
+        if any(name in environ for name in _DJANGO_ONLY_HEADERS):
+            return False
+        cookie = environ.get("HTTP_COOKIE")
+        # Any mention of the session or CSRF cookie's name: Django reads them (sessions, CSRF).
+        return cookie is None or not any(name in cookie for name in config.cookie_names)
+
+    @staticmethod
+    def _is_secure(environ: dict[str, Any], config: LaneConfig) -> bool:
+        # HttpRequest.scheme: the trusted proxy's header when present, else the server's scheme.
+        if config.proxy_ssl_header is not None:
+            header, secure_value = config.proxy_ssl_header
+            value = environ.get(header)
+            if value is not None:
+                return value.split(",", 1)[0].strip() == secure_value
+        return environ.get("wsgi.url_scheme") == "https"
+
+    def _host_allowed(self, environ: dict[str, Any], config: LaneConfig) -> bool:
+        host = environ.get("HTTP_HOST")
+        if not host:
+            return False  # Django builds it from SERVER_NAME: its path
+        allowed = self._hosts.get(host)
+        if allowed is None:
+            domain, _port = split_domain_port(host)
+            allowed = bool(domain) and validate_host(domain, config.allowed_hosts)
+            if len(self._hosts) < _MAX_HOSTS:
+                self._hosts[host] = allowed
+        return allowed
+
+    @staticmethod
+    def _read_body(environ: dict[str, Any], config: LaneConfig) -> bytes | None:
+        """The body, read whole; on None Django reads the same bytes from a fresh stream."""
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or "")
+        except ValueError:
+            return None
+        if not 0 < length <= config.max_body:
+            return None
+        body = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = BytesIO(body)  # for Django, if the lane hands the request on
+        return body if len(body) == length else None
+
+    @staticmethod
+    def _valid_event(body: bytes) -> dict[str, Any] | None:
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None  # Django's parser tries harder, and words the error
+        # sent_at is validated by a DRF field in the view: Django's path.
+        if type(raw) is not dict or raw.get("sent_at") is not None:
+            return None
+        return event_validator().fast_validation(raw, fast_limits())
+
+    def _respond(
+        self,
+        environ: dict[str, Any],
+        config: LaneConfig,
+        code: int,
+        body: bytes,
+        secure: bool,
+        started: float,
+        rejected: str = "",
+    ) -> _Answer:
+        # Django's order: DRF's Response (Content-Type; Retry-After from the exception handler; Allow),
+        # then the middleware on the way out, innermost first.
+        headers = [("Content-Type", "application/json")]
+        if rejected:
+            headers.append(("Retry-After", config.retry_after))
+        headers += [
+            ("Allow", config.allow),
+            ("X-Frame-Options", config.xframe),
+            ("Content-Length", str(len(body))),
+            ("Vary", config.vary),
+        ]
+        headers += config.security_secure if secure else config.security_plain
+        if config.cors_enabled:
+            origin = environ.get("HTTP_ORIGIN")
+            if origin:
+                headers += self._cors_headers(origin)
+        if rejected:
+            metrics.record_rejection(rejected)
+        method = "POST"
+        metrics.REQUEST_LATENCY.labels(config.route, method, str(code)).observe(time.perf_counter() - started)
+        return _status_line(code), headers, body
+
+    def _cors_headers(self, origin: str) -> tuple[tuple[str, str], ...]:
+        """The access-control-* headers CorsMiddleware adds for ``origin`` (none if not allowed): its own code."""
+        headers = self._cors.get(origin)
+        if headers is None:
+            response = HttpResponse()
+            before = set(response.headers)
+            CorsMiddleware(lambda r: response).add_response_headers(_template_request(origin), response)
+            headers = tuple((name, value) for name, value in response.items() if name not in before and name != "Vary")
+            if len(self._cors) < _MAX_HOSTS:
+                self._cors[origin] = headers
+        return headers
