@@ -124,14 +124,14 @@ def _waitress(threads: int) -> Candidate:
     )
 
 
-def _shipped(threads: int | None = None) -> Candidate:
-    """What `make run`, compose and systemd start (deploy/web.py), with its defaults or other WEB_THREADS."""
-    return Candidate(
-        "shipped" if threads is None else f"shipped-t{threads}",
-        lambda port: [PYTHON, "deploy/web.py"],
-        {} if threads is None else {"WEB_THREADS": str(threads)},
-        needs="granian",
-    )
+def _shipped(threads: int | None = None, *, lane: bool = True) -> Candidate:
+    """What `make run`, compose and systemd start (deploy/web.py), with its defaults, other WEB_THREADS, or with
+    the ingest fast lane off (``shipped-django``: every request through Django, as before the lane)."""
+    env = {} if threads is None else {"WEB_THREADS": str(threads)}
+    if not lane:
+        env["AB_FAST_LANE"] = "false"
+    name = "shipped" if threads is None else f"shipped-t{threads}"
+    return Candidate(name if lane else "shipped-django", lambda port: [PYTHON, "deploy/web.py"], env, needs="granian")
 
 
 BASELINE = Candidate(
@@ -160,6 +160,7 @@ CANDIDATES: dict[str, Candidate] = {
         _shipped(),
         _shipped(1),
         _shipped(2),
+        _shipped(lane=False),
     )
 }
 DEFAULT = [

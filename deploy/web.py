@@ -290,6 +290,9 @@ def make_application() -> WSGIBridge:
     # The worker accepts connections only after this returns; until then they wait in
     # the listen queue or go to a worker that is ready.
     get_resolver().url_patterns  # noqa: B018 (evaluated for its imports)
+    # The ingest fast lane's settings and cached header values, made now (and, if the
+    # stack is not the one it models, its one "off" log line written at start-up).
+    application.config  # noqa: B018
     # Everything loaded so far (Django, DRF, the URLconf, the report's scipy) lives as long
     # as the process. Frozen, the collector no longer walks those objects in every full
     # collection a request's garbage triggers: that walk cost CPU and, as a pause holding

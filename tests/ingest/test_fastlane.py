@@ -28,9 +28,9 @@ from hypothesis import event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from server.apps.front.ingest.fastlane import PATH, IngestFastLane
+from server.apps.front.ingest.fastlane import BATCH_PATH, PATH, IngestFastLane
 from server.apps.front.pipeline import queue
-from tests.ingest.conftest import ALLOWED_ORIGIN, SINGLE_URL
+from tests.ingest.conftest import ALLOWED_ORIGIN
 from tests.ingest.test_fuzz import EXAMPLES, FUZZ_SETTINGS, near_valid_events
 from tests.ingest.test_request_path import CASES, answer_of, call, golden_path
 
@@ -50,7 +50,7 @@ class CountingLane(IngestFastLane):
         return result
 
 
-# The recorded cases the lane must answer itself: plain anonymous JSON events.
+# The recorded cases the lane must answer itself, on both endpoints: plain anonymous JSON events.
 LANE_CASES = {
     "valid",
     "text_plain_beacon",
@@ -72,8 +72,7 @@ def test_every_recorded_answer_is_the_same_through_the_lane(url: str, name: str,
 
     got = answer_of(url, name, settings, wrap=wrap)
     assert got == json.loads(golden_path(url, name).read_text())
-    expected = 1 if (url == SINGLE_URL and name in LANE_CASES) else 0
-    assert lanes[0].answered == expected
+    assert lanes[0].answered == (1 if name in LANE_CASES else 0)
 
 
 # --- generated requests, Django and the lane side by side ----------------------------------------------------
@@ -100,10 +99,10 @@ def _queued(body: bytes) -> list[dict[str, Any]]:
     return out
 
 
-def _environ(body: bytes, headers: dict[str, str], scheme: str) -> dict[str, Any]:
+def _environ(body: bytes, headers: dict[str, str], scheme: str, path: str = PATH) -> dict[str, Any]:
     environ: dict[str, Any] = {
         "REQUEST_METHOD": "POST",
-        "PATH_INFO": PATH,
+        "PATH_INFO": path,
         "SCRIPT_NAME": "",
         "QUERY_STRING": "",
         "CONTENT_LENGTH": str(len(body)),
@@ -129,85 +128,110 @@ def _same_run(value: str) -> str:
     return re.sub(r"expires=[^;]+;", "expires=<a year on>;", value)
 
 
-def _side_by_side(body: bytes, headers: dict[str, str], scheme: str = "http") -> Iterator[Any]:
+def _side_by_side(body: bytes, headers: dict[str, str], scheme: str = "http", path: str = PATH) -> Iterator[Any]:
     django_app = WSGIHandler()
     lane = CountingLane(django_app)
     for app in (django_app, lane):
-        status, response_headers, payload = call(app, _environ(body, headers, scheme))
+        status, response_headers, payload = call(app, _environ(body, headers, scheme, path))
         yield status, [(k, _same_run(v)) for k, v in response_headers if k != "Date"], payload, _queued(body)
     yield lane.answered
 
 
-def assert_same_answer(body: bytes, headers: dict[str, str], scheme: str = "http") -> int:
+def assert_same_answer(body: bytes, headers: dict[str, str], scheme: str = "http", path: str = PATH) -> int:
     """Django's answer and queue == the lane's; returns whether the lane answered itself."""
-    django_side, lane_side, answered = _side_by_side(body, headers, scheme)
+    django_side, lane_side, answered = _side_by_side(body, headers, scheme, path)
     assert lane_side == django_side
     return answered
 
 
-_CONTENT_TYPES = st.sampled_from(
-    [
-        "application/json",
-        "application/json; charset=utf-8",
-        "text/plain;charset=UTF-8",
-        "application/json; charset=latin-1",
-        "application/xml",
-        "",
-    ]
+# Each request header from values the lane answers for ("plain") and values it hands to Django; a request
+# is drawn either plain in every header or from both kinds, so that both sides are exercised often.
+_PLAIN = {
+    "CONTENT_TYPE": ["application/json", "application/json; charset=utf-8", "text/plain;charset=UTF-8"],
+    "HTTP_HOST": ["127.0.0.1:8000", "localhost", "testserver"],
+    "HTTP_ACCEPT": [None, "*/*", "application/json"],
+    "HTTP_COOKIE": [None, "theme=dark"],
+}
+_OTHER = {
+    "CONTENT_TYPE": ["application/json; charset=latin-1", "application/xml", ""],
+    "HTTP_HOST": ["evil.example.org", "127.0.0.1:bad", None],
+    "HTTP_ACCEPT": ["text/html", "application/json; indent=2"],
+    "HTTP_COOKIE": ["sessionid=nope", "csrftoken=short", "a=1; csrftoken=x"],
+}
+# Headers that shape the answer whichever side serves it.
+_ANY = {
+    "HTTP_ORIGIN": [None, ALLOWED_ORIGIN, "https://evil.example.org", "null", "http://[bad", ""],
+    "HTTP_X_FORWARDED_PROTO": [None, "https", "http", "https, http", " https "],
+}
+
+
+def _valid_event(draw: st.DrawFn) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "session_id": draw(st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20)),
+        "variant": draw(st.sampled_from(["fast", "deep"])),
+        "event_type": draw(st.sampled_from(["variant_assigned", "step_completed", "onboarding_completed"])),
+    }
+    if draw(st.booleans()):
+        event["event_id"] = str(draw(st.uuids()))
+    if draw(st.booleans()):
+        event["step_number"] = draw(st.integers(min_value=0, max_value=1000))
+    if draw(st.booleans()):
+        event["client_ts"] = draw(st.sampled_from(["2026-11-26T10:00:00Z", 1_790_000_000_000, "2020-01-01T00:00:00Z"]))
+    return event
+
+
+valid_events = st.composite(_valid_event)()
+events = st.one_of(valid_events, near_valid_events())
+_SENT_AT = st.sampled_from([None, "2026-01-01T00:00:00Z", 1767225600000, "yesterday", "", 1e300])
+_BATCH_BODIES = st.one_of(
+    st.builds(
+        lambda batch, sent_at, extra: json.dumps(
+            {"events": batch, **({} if sent_at is None else {"sent_at": sent_at}), **extra}
+        ).encode(),
+        st.lists(events, max_size=4),
+        _SENT_AT,
+        st.sampled_from([{}, {}, {"unknown": 1}, {"events": None}]),
+    ),
+    st.lists(events, max_size=3).map(lambda batch: json.dumps(batch).encode()),
+    st.sampled_from([b'{"events": []}', b'{"events": {}}', b'{"events": "x"}', b'{"sent_at": null}', b"[]"]),
 )
-_HOSTS = st.sampled_from(["127.0.0.1:8000", "localhost", "testserver", "evil.example.org", "127.0.0.1:bad", ""])
-_ORIGINS = st.sampled_from([None, ALLOWED_ORIGIN, "https://evil.example.org", "null", "http://[bad", ""])
-_ACCEPTS = st.sampled_from([None, "*/*", "application/json", "text/html", "application/json; indent=2"])
-_COOKIES = st.sampled_from([None, "theme=dark", "sessionid=nope", "csrftoken=short", "a=1; b=2"])
-_FORWARDED_PROTO = st.sampled_from([None, "https", "http", "https, http", " https "])
-_BODIES = st.one_of(
-    near_valid_events().map(lambda event: json.dumps(event).encode()),
-    near_valid_events().map(lambda event: json.dumps({**event, "sent_at": "2026-01-01T00:00:00Z"}).encode()),
+_SINGLE_BODIES = st.one_of(
+    events.map(lambda event: json.dumps(event).encode()),
+    events.map(lambda event: json.dumps({**event, "sent_at": "2026-01-01T00:00:00Z"}).encode()),
     st.sampled_from([b"", b"null", b"[]", b"{", b'{"session_id": NaN}', b"\xff\xfe", b'{"a":1}']),
 )
 
 
 @hypothesis_settings(FUZZ_SETTINGS, max_examples=3 * EXAMPLES)
 @given(
-    body=_BODIES,
-    content_type=_CONTENT_TYPES,
-    host=_HOSTS,
-    origin=_ORIGINS,
-    accept=_ACCEPTS,
-    cookie=_COOKIES,
-    proto=_FORWARDED_PROTO,
+    endpoint=st.sampled_from(["single", "batch"]),
+    plain=st.booleans(),
+    data=st.data(),
     scheme=st.sampled_from(["http", "https"]),
     hsts=st.sampled_from([0, 3600]),
     proxy_header=st.booleans(),
 )
 def test_generated_requests_get_djangos_answer_and_queue_djangos_event(
-    body: bytes,
-    content_type: str,
-    host: str,
-    origin: str | None,
-    accept: str | None,
-    cookie: str | None,
-    proto: str | None,
-    scheme: str,
-    hsts: int,
-    proxy_header: bool,
+    endpoint: str, plain: bool, data: st.DataObject, scheme: str, hsts: int, proxy_header: bool
 ) -> None:
-    headers = {"CONTENT_TYPE": content_type}
-    optional = {
-        "HTTP_HOST": host or None,
-        "HTTP_ORIGIN": origin,
-        "HTTP_ACCEPT": accept,
-        "HTTP_COOKIE": cookie,
-        "HTTP_X_FORWARDED_PROTO": proto,
-    }
-    headers.update({key: value for key, value in optional.items() if value is not None})
+    body = data.draw(_SINGLE_BODIES if endpoint == "single" else _BATCH_BODIES, label="body")
+    headers: dict[str, str] = {}
+    for name, plain_values in _PLAIN.items():
+        values = plain_values if plain else plain_values + _OTHER[name]
+        value = data.draw(st.sampled_from(values), label=name)
+        if value is not None:
+            headers[name] = value
+    for name, values in _ANY.items():
+        value = data.draw(st.sampled_from(values), label=name)
+        if value is not None:
+            headers[name] = value
     with override_settings(
         CORS_ALLOWED_ORIGINS=[ALLOWED_ORIGIN],
         SECURE_HSTS_SECONDS=hsts,
         SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https") if proxy_header else None,
     ):
-        answered = assert_same_answer(body, headers, scheme)
-    event(f"answered by the lane: {bool(answered)}")
+        answered = assert_same_answer(body, headers, scheme, PATH if endpoint == "single" else BATCH_PATH)
+    event(f"{endpoint}: answered by the lane: {bool(answered)}")
 
 
 def test_a_plain_event_is_answered_by_the_lane_with_djangos_answer() -> None:
@@ -283,3 +307,38 @@ def test_another_middleware_switches_the_lane_off(settings: Any) -> None:
     environ = _environ(body, {"CONTENT_TYPE": "application/json", "HTTP_HOST": "localhost"}, "http")
     assert lane.answer(environ) is None
     assert environ["wsgi.input"].read() == body  # Django still reads the whole body
+
+
+# --- what ops watch: the same metrics from the lane as from Django ---------------------------------------------
+
+
+def _metrics() -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    latency = "abflow_http_request_duration_seconds_count"
+    labels = {"route": PATH.lstrip("/"), "method": "POST"}
+    return {
+        "accepted": REGISTRY.get_sample_value("abflow_events_accepted_total") or 0.0,
+        "201": REGISTRY.get_sample_value(latency, {**labels, "status": "201"}) or 0.0,
+        "503": REGISTRY.get_sample_value(latency, {**labels, "status": "503"}) or 0.0,
+        "full": REGISTRY.get_sample_value("abflow_events_rejected_total", {"reason": "queue_full", "field": ""}) or 0.0,
+    }
+
+
+def _delta(app: Callable[..., Any], environ: dict[str, Any]) -> dict[str, float]:
+    before = _metrics()
+    call(app, environ)
+    return {key: value - before[key] for key, value in _metrics().items()}
+
+
+def test_the_lane_counts_what_django_counts(rq: Any) -> None:
+    body = json.dumps({"session_id": "lane-6", "variant": "fast", "event_type": "variant_assigned"}).encode()
+    headers = {"CONTENT_TYPE": "application/json", "HTTP_HOST": "localhost"}
+    django_app = WSGIHandler()
+    lane = CountingLane(django_app)
+    accepted = [_delta(app, _environ(body, headers, "http")) for app in (django_app, lane)]
+    assert accepted[0] == accepted[1] == {"accepted": 1, "201": 1, "503": 0, "full": 0}
+    with override_settings(AB_QUEUE_MAX=1):
+        full = [_delta(app, _environ(body, headers, "http")) for app in (django_app, lane)]
+    assert full[0] == full[1] == {"accepted": 0, "201": 0, "503": 1, "full": 1}
+    assert lane.answered == 2

@@ -1,21 +1,24 @@
-"""The fast lane: the common single event answered without Django's request cycle, byte for byte as Django would.
+"""The fast lane: the common ingest request answered without Django's request cycle, byte for byte as Django would.
 
-Nearly every request to ``POST /api/rest/front/ab-event/`` is the same: an
-anonymous client (no session cookie, no token), a small JSON body, a plain
-``Accept``. For it Django and DRF spent ~430 of the ~550 us of CPU a request
-cost in the application (building the request, eleven middleware, DRF's
-request wrapping, authentication, throttling, negotiation, rendering) to reach
-an answer known in advance: 201 ``{"success":true}`` with a fixed set of headers.
-On 2 cores that CPU was the web tier's tail latency (docs/performance.md).
+Nearly every request to the ingest endpoints is the same: an anonymous client
+(no session cookie, no token), a small JSON body, a plain ``Accept``, valid
+events. For a single event Django and DRF spent ~430 of the ~550 us of CPU a
+request cost in the application (building the request, eleven middleware,
+DRF's request wrapping, authentication, throttling, negotiation, rendering)
+to reach an answer known in advance: 201 ``{"success":true}`` with a fixed set
+of headers. On 2 cores that CPU was the web tier's tail latency
+(docs/performance.md); for the small batches browsers send, it was most of a
+request's cost.
 
 :class:`IngestFastLane` is a WSGI middleware in front of Django's handler. For
-such a request it validates the event with the same serializer
-(``fast_validation``), queues it with the same ``service.enqueue`` and answers
-itself. It only *answers*; it never *refuses*: any request it does not
+such a request to ``POST /api/rest/front/ab-event/`` or ``.../ab-events/`` it
+validates the events with the same code (``service.validate``), queues them
+with the same ``service.enqueue`` and answers itself. It only *answers*; it never *refuses*: any request it does not
 recognise as plainly valid (another path or method, a query string, a cookie
-Django reads, credentials, gzip, another Accept or Content-Type, a ``sent_at``,
-JSON orjson refuses, an event ``fast_validation`` does not pass, a disallowed
-Host, an HTTP request that SECURE_SSL_REDIRECT would redirect) goes to Django
+Django reads, credentials, gzip, another Accept or Content-Type, a single
+event's ``sent_at``, JSON orjson refuses, a batch envelope that is not plainly
+valid, any event the validation rejects, a disallowed Host, an HTTP request
+that SECURE_SSL_REDIRECT would redirect) goes to Django
 untouched, so every error message and every unusual answer is Django's and
 DRF's own. After the event is queued, only the queue's own failures (Redis
 down, queue full) are answered here, as the view answers them (503 +
@@ -41,7 +44,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from io import BytesIO
 from typing import Any
@@ -61,15 +64,18 @@ from rest_framework.renderers import JSONRenderer
 
 from server.apps.front.ingest import views
 from server.apps.front.ingest.errors import QueueUnavailable, envelope
-from server.apps.front.ingest.serializers import fast_limits
-from server.apps.front.ingest.service import enqueue, event_validator
+from server.apps.front.ingest.serializers import BatchSerializer, fast_limits
+from server.apps.front.ingest.service import enqueue, event_validator, validate
 from server.apps.front.ingest.throttling import IngestRateThrottle
 from server.apps.front.ops import metrics
 from server.apps.front.pipeline import queue
 
 log = logging.getLogger(__name__)
 
-PATH = "/api/rest/front/ab-event/"
+PATH = "/api/rest/front/ab-event/"  # one event: 201 {"success":true}
+BATCH_PATH = "/api/rest/front/ab-events/"  # a batch: 200 {"success":true,"accepted":n,"rejected":[]}
+# The view each path must resolve to for the lane to answer for it.
+_VIEWS = {PATH: views.track_ab_event, BATCH_PATH: views.track_ab_events}
 
 # The stack whose effect on this one request the lane reproduces; any other
 # MIDDLEWARE turns it off. What each does here, for an anonymous JSON POST:
@@ -117,13 +123,18 @@ def _status_line(code: int) -> str:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    route: str  # the URL pattern: the latency histogram's label
+    allow: str  # DRF's Allow header, from the view's class
+
+
+@dataclass(frozen=True)
 class LaneConfig:
     """Everything the lane reads from settings and the view, computed once (and again when settings change)."""
 
     enabled: bool
     reason: str  # why it is off, for the log
-    route: str = ""
-    allow: str = ""
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
     xframe: str = "DENY"
     vary: str = "Cookie"
     cors_enabled: bool = False
@@ -136,6 +147,7 @@ class LaneConfig:
     max_body: int = 0
     retry_after: str = ""
     created: bytes = b""
+    batch_limit: int = 0
     queue_down: bytes = b""
     queue_full: bytes = b""
 
@@ -154,11 +166,11 @@ def _security_headers(secure: bool) -> tuple[tuple[str, str], ...]:
     return tuple(response.items())
 
 
-def _view_mismatch() -> str:
-    """Why the view at PATH is not the one the lane answers for, or ""."""
-    match = resolve(PATH)
-    if match.func is not views.track_ab_event:
-        return f"{PATH} resolves to {match.func!r}"
+def _view_mismatch(path: str) -> str:
+    """Why the view at ``path`` is not the one the lane answers for, or ""."""
+    match = resolve(path)
+    if match.func is not _VIEWS[path]:
+        return f"{path} resolves to {match.func!r}"
     view = match.func.cls
     expected = {
         "authentication_classes": list(views.INGEST_AUTHENTICATION),
@@ -179,6 +191,11 @@ def _view_mismatch() -> str:
     return ""
 
 
+def _endpoint(path: str) -> Endpoint:
+    match = resolve(path)
+    return Endpoint(route=match.route, allow=", ".join(match.func.cls().allowed_methods))
+
+
 def build_config() -> LaneConfig:
     if not settings.AB_FAST_LANE:
         return _off("AB_FAST_LANE is off")
@@ -192,47 +209,50 @@ def build_config() -> LaneConfig:
         return _off("FORCE_SCRIPT_NAME is set")
     if check_request_enabled.has_listeners(None):
         return _off("a corsheaders check_request_enabled handler decides per request")
-    mismatch = _view_mismatch()
-    if mismatch:
-        return _off(mismatch)
+    for path in _VIEWS:
+        mismatch = _view_mismatch(path)
+        if mismatch:
+            return _off(mismatch)
     renderer = JSONRenderer()
-    cors_enabled = CorsMiddleware(lambda r: HttpResponse()).is_enabled(_template_request())
+    cors = CorsMiddleware(lambda r: HttpResponse())
     security = SecurityMiddleware(lambda r: HttpResponse())
-    exempt = any(pattern.search(PATH.lstrip("/")) for pattern in security.redirect_exempt)
+    cors_enabled = {cors.is_enabled(_template_request(path)) for path in _VIEWS}
+    exempt = {any(pattern.search(path.lstrip("/")) for pattern in security.redirect_exempt) for path in _VIEWS}
+    if len(cors_enabled) != 1 or len(exempt) != 1:
+        return _off("CORS_URLS_REGEX or SECURE_REDIRECT_EXEMPT treats the two ingest paths differently")
     allowed_hosts = settings.ALLOWED_HOSTS
     if settings.DEBUG and not allowed_hosts:  # Django's own default in DEBUG (HttpRequest.get_host)
         allowed_hosts = [".localhost", "127.0.0.1", "[::1]"]
     proxy = settings.SECURE_PROXY_SSL_HEADER
-    view = resolve(PATH).func.cls()
     return LaneConfig(
         enabled=True,
         reason="",
-        route=resolve(PATH).route,
-        allow=", ".join(view.allowed_methods),
+        endpoints={path: _endpoint(path) for path in _VIEWS},
         xframe=XFrameOptionsMiddleware(lambda r: HttpResponse()).get_xframe_options_value(
             HttpRequest(), HttpResponse()
         ),
         # SessionMiddleware patches Vary first (the session was read), CorsMiddleware after it.
-        vary="Cookie, origin" if cors_enabled else "Cookie",
-        cors_enabled=cors_enabled,
+        vary="Cookie, origin" if True in cors_enabled else "Cookie",
+        cors_enabled=True in cors_enabled,
         security_plain=_security_headers(False),
         security_secure=_security_headers(True),
-        redirect_insecure=security.redirect and not exempt,
+        redirect_insecure=security.redirect and True not in exempt,
         proxy_ssl_header=(proxy[0], proxy[1]) if proxy else None,
         cookie_names=(settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME),
         allowed_hosts=tuple(allowed_hosts),
         max_body=settings.AB_MAX_BODY_BYTES,
         retry_after=str(settings.AB_RETRY_AFTER),
         created=renderer.render({"success": True}),
+        batch_limit=settings.AB_BATCH_MAX_EVENTS,
         queue_down=renderer.render(envelope({"queue": [str(QueueUnavailable.default_detail)]})),
         queue_full=renderer.render(envelope({"queue": ["Event queue is full, retry later."]})),
     )
 
 
-def _template_request(origin: str | None = None) -> HttpRequest:
+def _template_request(path: str, origin: str | None = None) -> HttpRequest:
     request = HttpRequest()
     request.method = "POST"
-    request.path = request.path_info = PATH
+    request.path = request.path_info = path
     if origin is not None:
         request.META["HTTP_ORIGIN"] = origin
     return request
@@ -274,7 +294,8 @@ class IngestFastLane:
 
     def answer(self, environ: dict[str, Any]) -> _Answer | None:
         """The answer to a request the lane serves, or None (and the request unchanged) for Django."""
-        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
+        path = environ.get("PATH_INFO")
+        if path not in _VIEWS or environ.get("REQUEST_METHOD") != "POST":
             return None
         config = self.config
         if not config.enabled or not self._plain(environ, config):
@@ -286,17 +307,26 @@ class IngestFastLane:
         body = self._read_body(environ, config)
         if body is None:
             return None
-        data = self._valid_event(body)
-        if data is None:
-            return None
         try:
-            enqueue([data])
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None  # Django's parser tries harder, and words the error
+        batch = self._valid_batch(raw, config) if path == BATCH_PATH else self._valid_event(raw)
+        if batch is None:
+            return None
+        events, sent_at, accepted = batch
+        endpoint = config.endpoints[path]
+        try:
+            enqueue(events, sent_at=sent_at)
         except queue.QueueFull:
-            return self._respond(environ, config, 503, config.queue_full, secure, started, rejected="queue_full")
+            return self._respond(environ, config, endpoint, 503, config.queue_full, secure, started, "queue_full")
         except queue.ERRORS:
-            return self._respond(environ, config, 503, config.queue_down, secure, started, rejected="redis_down")
-        metrics.EVENTS_ACCEPTED.inc()
-        return self._respond(environ, config, 201, config.created, secure, started)
+            return self._respond(environ, config, endpoint, 503, config.queue_down, secure, started, "redis_down")
+        metrics.EVENTS_ACCEPTED.inc(accepted)
+        if path == PATH:
+            return self._respond(environ, config, endpoint, 201, config.created, secure, started)
+        body = JSONRenderer().render({"success": True, "accepted": accepted, "rejected": []})
+        return self._respond(environ, config, endpoint, 200, body, secure, started)
 
     @staticmethod
     def _plain(environ: dict[str, Any], config: LaneConfig) -> bool:
@@ -349,20 +379,40 @@ class IngestFastLane:
         return body if len(body) == length else None
 
     @staticmethod
-    def _valid_event(body: bytes) -> dict[str, Any] | None:
-        try:
-            raw = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None  # Django's parser tries harder, and words the error
+    def _valid_event(raw: Any) -> tuple[list[dict[str, Any]], None, int] | None:
+        """([the validated event], no sent_at, 1) for a single event the view would accept, else None."""
         # sent_at is validated by a DRF field in the view: Django's path.
         if type(raw) is not dict or raw.get("sent_at") is not None:
             return None
-        return event_validator().fast_validation(raw, fast_limits())
+        data = event_validator().fast_validation(raw, fast_limits())
+        return None if data is None else ([data], None, 1)
+
+    @staticmethod
+    def _valid_batch(raw: Any, config: LaneConfig) -> tuple[list[dict[str, Any]], Any, int] | None:
+        """(the events to queue, sent_at, events accepted) for a batch whose every event is valid, else None."""
+        if type(raw) is not dict:
+            return None
+        events = raw.get("events")
+        if type(events) is not list or len(events) > config.batch_limit:
+            return None
+        sent_at = None
+        if raw.get("sent_at") is not None:
+            envelope = BatchSerializer(data=raw)  # the envelope's own field parses the client's clock
+            if not envelope.is_valid():
+                return None
+            sent_at = envelope.validated_data.get("sent_at")
+        # The service's own validation; a batch with any rejected event goes to Django, which words
+        # the rejections (nothing is queued before this point).
+        valid, outcome = validate(events)
+        if outcome.rejected:
+            return None
+        return valid, sent_at, outcome.accepted
 
     def _respond(
         self,
         environ: dict[str, Any],
         config: LaneConfig,
+        endpoint: Endpoint,
         code: int,
         body: bytes,
         secure: bool,
@@ -375,7 +425,7 @@ class IngestFastLane:
         if rejected:
             headers.append(("Retry-After", config.retry_after))
         headers += [
-            ("Allow", config.allow),
+            ("Allow", endpoint.allow),
             ("X-Frame-Options", config.xframe),
             ("Content-Length", str(len(body))),
             ("Vary", config.vary),
@@ -387,8 +437,7 @@ class IngestFastLane:
                 headers += self._cors_headers(origin)
         if rejected:
             metrics.record_rejection(rejected)
-        method = "POST"
-        metrics.REQUEST_LATENCY.labels(config.route, method, str(code)).observe(time.perf_counter() - started)
+        metrics.REQUEST_LATENCY.labels(endpoint.route, "POST", str(code)).observe(time.perf_counter() - started)
         return _status_line(code), headers, body
 
     def _cors_headers(self, origin: str) -> tuple[tuple[str, str], ...]:
@@ -397,7 +446,7 @@ class IngestFastLane:
         if headers is None:
             response = HttpResponse()
             before = set(response.headers)
-            CorsMiddleware(lambda r: response).add_response_headers(_template_request(origin), response)
+            CorsMiddleware(lambda r: response).add_response_headers(_template_request(PATH, origin), response)
             headers = tuple((name, value) for name, value in response.items() if name not in before and name != "Vary")
             if len(self._cors) < _MAX_HOSTS:
                 self._cors[origin] = headers
