@@ -1,7 +1,7 @@
 """CPU per request inside the real web server under load, for variants side by side (alternating rounds).
 
     .venv/bin/python bench/profile_server.py [--rounds 5] [--seconds 8] [--connections 32]
-        [--variant NAME=ROOT[,KEY=VALUE...]] ... [--mode single,batch]
+        [--variant NAME=ROOT[,KEY=VALUE...]] ... [--mode single,batch,batch5]
 
 Each variant is the shipped server (``deploy/web.py``: granian RSGI, the WSGI
 bridge, Django, DRF, the Redis push) started from a checkout ``ROOT`` (``.``
@@ -92,7 +92,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--warmup", type=float, default=4)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--mode", default="single,batch", help="comma-separated: single, batch")
+    parser.add_argument(
+        "--mode", default="single,batch", help="comma-separated: single, batch (100 events), batch5 (a browser's 5)"
+    )
     parser.add_argument("--variant", action="append", default=[], help="NAME=ROOT[,KEY=VALUE...] (repeatable)")
     parser.add_argument(
         "--worker-nice",
@@ -107,6 +109,8 @@ def main() -> None:
     bodies = {
         "single": (INGEST_PATH, json.dumps(event_body(1)).encode(), 1),
         "batch": (BATCH_PATH, json.dumps({"events": [event_body(i) for i in range(BATCH_EVENTS)]}).encode(), 100),
+        # What abtrack.js sends from a page: a few events per beacon.
+        "batch5": (BATCH_PATH, json.dumps({"events": [event_body(i) for i in range(5)]}).encode(), 5),
     }
 
     ensure_database()
