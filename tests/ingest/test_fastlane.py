@@ -210,9 +210,10 @@ _SINGLE_BODIES = st.one_of(
     scheme=st.sampled_from(["http", "https"]),
     hsts=st.sampled_from([0, 3600]),
     proxy_header=st.booleans(),
+    ssl_redirect=st.booleans(),
 )
 def test_generated_requests_get_djangos_answer_and_queue_djangos_event(
-    endpoint: str, plain: bool, data: st.DataObject, scheme: str, hsts: int, proxy_header: bool
+    endpoint: str, plain: bool, data: st.DataObject, scheme: str, hsts: int, proxy_header: bool, ssl_redirect: bool
 ) -> None:
     body = data.draw(_SINGLE_BODIES if endpoint == "single" else _BATCH_BODIES, label="body")
     headers: dict[str, str] = {}
@@ -229,6 +230,8 @@ def test_generated_requests_get_djangos_answer_and_queue_djangos_event(
         CORS_ALLOWED_ORIGINS=[ALLOWED_ORIGIN],
         SECURE_HSTS_SECONDS=hsts,
         SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https") if proxy_header else None,
+        # As in production: on, with the ingest paths exempt (settings.SECURE_REDIRECT_EXEMPT).
+        SECURE_SSL_REDIRECT=ssl_redirect,
     ):
         answered = assert_same_answer(body, headers, scheme, PATH if endpoint == "single" else BATCH_PATH)
     event(f"{endpoint}: answered by the lane: {bool(answered)}")
