@@ -197,7 +197,7 @@ def _endpoint(path: str) -> Endpoint:
 
 
 def build_config() -> LaneConfig:
-    if not settings.AB_FAST_LANE:
+    if not getattr(settings, "AB_FAST_LANE", False):
         return _off("AB_FAST_LANE is off")
     if tuple(settings.MIDDLEWARE) != MODELLED_MIDDLEWARE:
         return _off("MIDDLEWARE is not the stack the lane models")
