@@ -96,7 +96,8 @@ CASES: list[tuple[str, str, str, dict[str, str], bytes]] = [
 SERVER_HEADERS = {"server", "date", "connection", "keep-alive", "content-length", "transfer-encoding"}
 
 
-def _answer(port: int, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple:
+def _send(port: int, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple:
+    """(the response, its body) of one request on a connection of its own."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     if headers.get("Transfer-Encoding") == "chunked":
         conn.request(method, path, body=iter([body]), headers={"Host": "localhost", **headers}, encode_chunked=True)
@@ -105,6 +106,11 @@ def _answer(port: int, method: str, path: str, headers: dict[str, str], body: by
     response = conn.getresponse()
     payload = response.read()
     conn.close()
+    return response, payload
+
+
+def _answer(port: int, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple:
+    response, payload = _send(port, method, path, headers, body)
     kept = sorted(
         # DRF's @api_view keeps the allowed methods in a set: the order of Allow depends on
         # the process's hash seed, so it varies from one start to the next under any server.
@@ -301,14 +307,7 @@ LANE_CASES = [
 
 def _exact_answer(port: int, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple:
     """Status, every header but Date in the order sent, and the body."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    if headers.get("Transfer-Encoding") == "chunked":
-        conn.request(method, path, body=iter([body]), headers={"Host": "localhost", **headers}, encode_chunked=True)
-    else:
-        conn.request(method, path, body=body or None, headers={"Host": "localhost", **headers})
-    response = conn.getresponse()
-    payload = response.read()
-    conn.close()
+    response, payload = _send(port, method, path, headers, body)
     return response.status, [(k, v) for k, v in response.getheaders() if k.lower() != "date"], payload
 
 
