@@ -67,6 +67,10 @@ class QueueUnavailable(exceptions.APIException):
     default_code = "queue_unavailable"
 
 
+# The 503's message when the queue is over AB_QUEUE_MAX (the fast lane answers it too).
+QUEUE_FULL_MESSAGE = "Event queue is full, retry later."
+
+
 class queue_errors_as_503:
     """Turn a Redis outage or a full queue into QueueUnavailable (503 + Retry-After)."""
 
@@ -77,7 +81,7 @@ class queue_errors_as_503:
         if exc is None:
             return False
         if isinstance(exc, queue.QueueFull):
-            raise QueueUnavailable("Event queue is full, retry later.") from exc
+            raise QueueUnavailable(QUEUE_FULL_MESSAGE) from exc
         if isinstance(exc, queue.ERRORS):
             raise QueueUnavailable() from exc
         return False

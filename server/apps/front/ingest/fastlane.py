@@ -63,7 +63,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 
 from server.apps.front.ingest import views
-from server.apps.front.ingest.errors import QueueUnavailable, envelope
+from server.apps.front.ingest.errors import QUEUE_FULL_MESSAGE, QueueUnavailable, envelope
 from server.apps.front.ingest.parsers import ABEventJSONParser, PlainTextJSONParser
 from server.apps.front.ingest.serializers import BatchSerializer, fast_limits
 from server.apps.front.ingest.service import enqueue, event_validator, validate
@@ -242,7 +242,7 @@ def build_config() -> LaneConfig:
         created=renderer.render({"success": True}),
         batch_limit=settings.AB_BATCH_MAX_EVENTS,
         queue_down=renderer.render(envelope({"queue": [str(QueueUnavailable.default_detail)]})),
-        queue_full=renderer.render(envelope({"queue": ["Event queue is full, retry later."]})),
+        queue_full=renderer.render(envelope({"queue": [QUEUE_FULL_MESSAGE]})),
     )
 
 
@@ -256,7 +256,7 @@ def _template_request(path: str, origin: str | None = None) -> HttpRequest:
 
 
 class IngestFastLane:
-    """WSGI middleware: answers the common single event itself, hands everything else to ``app``."""
+    """WSGI middleware: answers the common ingest request itself, hands everything else to ``app``."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
