@@ -351,10 +351,12 @@ def write_items(items: list[bytes]) -> BatchResult:
                 # first COPY (before its savepoint, which would undo them), with
                 # the staging table's (cheap) IF NOT EXISTS, and a DELETE that
                 # finds it empty unless this transaction is nested in an outer
-                # one (a test's, a caller's): COMMIT never emptied it.
+                # one (a test's, a caller's): COMMIT never emptied it. abflow.writer:
+                # the INSERT below fills ab_event_ids itself, so ab_events' trigger
+                # for other writers' rows stands aside (migration 0009).
                 prelude = (
                     f"SET CONSTRAINTS ALL IMMEDIATE; SET LOCAL statement_timeout = {_statement_timeout_ms():d}; "
-                    f"{copyin.CREATE_STAGING}; {copyin.EMPTY_STAGING}; "
+                    f"SET LOCAL abflow.writer = 'on'; {copyin.CREATE_STAGING}; {copyin.EMPTY_STAGING}; "
                 )
                 _write(_Copier(cursor, result, prelude), rows)
                 # Whatever is derived from the new rows belongs in this
