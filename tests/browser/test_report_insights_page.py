@@ -24,7 +24,7 @@ from django.contrib.auth import get_user_model
 
 from server.apps.front.ingest.service import ingest
 from server.apps.front.pipeline import queue, writer
-from tests.browser.chromium import BROWSER_TEST_MARKS, launch
+from tests.browser.chromium import BROWSER_TEST_MARKS, admin_report_page
 
 pytestmark = BROWSER_TEST_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
@@ -90,34 +90,23 @@ def test_issue14_sections_render_from_a_week_of_ingested_sessions(live_server: A
     _a_week_of_sessions()
     get_user_model().objects.create_user("staff14", password="staff-password-14", is_staff=True)
     shot = Path(os.environ.get("AB_REPORT14_SCREENSHOT") or tmp_path / "report-issue14.png")
-    errors: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        browser = launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{live_server.url}/admin/login/?next=/admin/ab-report/")
-            page.fill("#id_username", "staff14")
-            page.fill("#id_password", "staff-password-14")
-            page.click("input[type=submit]")
-            page.wait_for_url("**/admin/ab-report/")
-            page.wait_for_selector("#ab-chart-survival svg.main-svg", timeout=20_000)
-            page.wait_for_selector("#ab-chart-lift-over-time svg.main-svg", timeout=20_000)
-            insights = page.inner_text("#ab-insights")
-            # Every assigned session is in the survival figures; RMST is an estimate, log-rank the test.
-            assert f"all {SESSIONS} sessions" in insights
-            assert "estimate, not tested" in insights
-            assert "Log-rank test" in insights
-            # Seven days of entries, and the ~1% loss measured from the seq gaps in both variants.
-            assert re.search(r"Lift over time \((7|8) days", insights), insights
-            assert insights.count("of numbered events lost") == 2
-            top = page.locator("#ab-chart-survival").bounding_box()
-            bottom = page.locator("#ab-insights").bounding_box()
-            assert top is not None and bottom is not None
-            clip = {"x": 0, "y": top["y"] - 12, "width": 1400, "height": bottom["y"] + bottom["height"] - top["y"] + 24}
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shot), clip=clip, full_page=True)
-        finally:
-            browser.close()
-    assert not errors, errors
+    with admin_report_page(live_server.url, "staff14", "staff-password-14") as seen:
+        page = seen.page
+        page.wait_for_selector("#ab-chart-survival svg.main-svg", timeout=20_000)
+        page.wait_for_selector("#ab-chart-lift-over-time svg.main-svg", timeout=20_000)
+        insights = page.inner_text("#ab-insights")
+        # Every assigned session is in the survival figures; RMST is an estimate, log-rank the test.
+        assert f"all {SESSIONS} sessions" in insights
+        assert "estimate, not tested" in insights
+        assert "Log-rank test" in insights
+        # A week of entries, and the ~1% loss measured from the seq gaps in both variants.
+        assert re.search(r"Lift over time \((7|8) days", insights), insights
+        assert insights.count("of numbered events lost") == 2
+        top = page.locator("#ab-chart-survival").bounding_box()
+        bottom = page.locator("#ab-insights").bounding_box()
+        assert top is not None and bottom is not None
+        clip = {"x": 0, "y": top["y"] - 12, "width": 1400, "height": bottom["y"] + bottom["height"] - top["y"] + 24}
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), clip=clip, full_page=True)
+    assert not seen.errors, seen.errors
     assert shot.stat().st_size > 50_000

@@ -16,7 +16,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from server.apps.front.models import ABEvent
-from tests.browser.chromium import BROWSER_TEST_MARKS, launch
+from tests.browser.chromium import BROWSER_TEST_MARKS, admin_report_page
 from tests.report.factories import bulk_sessions, ev
 
 pytestmark = BROWSER_TEST_MARKS
@@ -36,36 +36,23 @@ def test_admin_report_page_renders_its_charts(live_server: Any, tmp_path: Path) 
     _experiment()
     get_user_model().objects.create_user("staff", password="staff-password-1", is_staff=True)
     shot = Path(os.environ.get("AB_REPORT_SCREENSHOT") or tmp_path / "report.png")
-    errors: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        browser = launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            requests: list[str] = []
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(f"{live_server.url}/admin/login/?next=/admin/ab-report/")
-            page.fill("#id_username", "staff")
-            page.fill("#id_password", "staff-password-1")
-            page.click("input[type=submit]")
-            page.wait_for_url("**/admin/ab-report/")
-            page.wait_for_selector("#ab-chart-time svg.main-svg", timeout=20_000)
-            assert page.locator(".js-plotly-plot").count() == 6
-            charts = ("ab-chart-funnel", "ab-chart-lift", "ab-chart-dropout", "ab-chart-time")
-            for chart in (*charts, "ab-chart-survival", "ab-chart-lift-over-time"):
-                assert page.locator(f"#{chart}.js-plotly-plot svg.main-svg").count() >= 1, chart
-            # Issue 14: a Kaplan-Meier line and band per variant; the lift per day with the daily split.
-            assert page.locator("#ab-chart-survival g.trace.scatter").count() == 6
-            assert page.locator("#ab-chart-lift-over-time g.trace").count() == 2
-            assert "Equal loss test" in page.inner_text("#ab-insights")
-            # Bars were drawn: one per stage and variant (fast: 3 steps + 3 stages, deep: 4 + 3).
-            assert page.locator("#ab-chart-funnel g.point").count() == 13
-            assert "deep wins" in page.inner_text("#ab-verdict")
-            assert page.evaluate("typeof Plotly") == "object"
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-    assert not errors, errors
-    assert all(url.startswith(live_server.url) for url in requests), requests  # nothing from a CDN
+    with admin_report_page(live_server.url, "staff", "staff-password-1") as seen:
+        page = seen.page
+        page.wait_for_selector("#ab-chart-time svg.main-svg", timeout=20_000)
+        assert page.locator(".js-plotly-plot").count() == 6
+        charts = ("ab-chart-funnel", "ab-chart-lift", "ab-chart-dropout", "ab-chart-time")
+        for chart in (*charts, "ab-chart-survival", "ab-chart-lift-over-time"):
+            assert page.locator(f"#{chart}.js-plotly-plot svg.main-svg").count() >= 1, chart
+        # Issue 14: a Kaplan-Meier line and band per variant; the lift per day with the daily split.
+        assert page.locator("#ab-chart-survival g.trace.scatter").count() == 6
+        assert page.locator("#ab-chart-lift-over-time g.trace").count() == 2
+        assert "Equal loss test" in page.inner_text("#ab-insights")
+        # Bars were drawn: one per stage and variant (fast: 3 steps + 3 stages, deep: 4 + 3).
+        assert page.locator("#ab-chart-funnel g.point").count() == 13
+        assert "deep wins" in page.inner_text("#ab-verdict")
+        assert page.evaluate("typeof Plotly") == "object"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
+    assert not seen.errors, seen.errors
+    assert all(url.startswith(live_server.url) for url in seen.requests), seen.requests  # nothing from a CDN
     assert shot.stat().st_size > 50_000
