@@ -114,7 +114,7 @@ _DJANGO_ONLY_HEADERS = (
     "HTTP_CONTENT_ENCODING",  # gzip: the body middleware inflates it
     "HTTP_ACCESS_CONTROL_REQUEST_PRIVATE_NETWORK",  # a CORS answer that depends on it
 )
-_MAX_HOSTS = 256  # distinct Host values remembered as allowed
+_MAX_CACHED = 256  # distinct Host (allowed or not) and Origin values remembered; others are computed each time
 
 _Answer = tuple[str, list[tuple[str, str]], bytes]
 
@@ -358,7 +358,7 @@ class IngestFastLane:
         if allowed is None:
             domain, _port = split_domain_port(host)
             allowed = bool(domain) and validate_host(domain, config.allowed_hosts)
-            if len(self._hosts) < _MAX_HOSTS:
+            if len(self._hosts) < _MAX_CACHED:
                 self._hosts[host] = allowed
         return allowed
 
@@ -394,10 +394,10 @@ class IngestFastLane:
             return None
         sent_at = None
         if raw.get("sent_at") is not None:
-            envelope = BatchSerializer(data=raw)  # the envelope's own field parses the client's clock
-            if not envelope.is_valid():
+            checked = BatchSerializer(data=raw)  # the envelope's own field parses the client's clock
+            if not checked.is_valid():
                 return None
-            sent_at = envelope.validated_data.get("sent_at")
+            sent_at = checked.validated_data.get("sent_at")
         # The service's own validation; a batch with any rejected event goes to Django, which words
         # the rejections (nothing is queued before this point).
         valid, outcome = validate(events)
@@ -445,6 +445,6 @@ class IngestFastLane:
             before = set(response.headers)
             CorsMiddleware(lambda r: response).add_response_headers(_template_request(PATH, origin), response)
             headers = tuple((name, value) for name, value in response.items() if name not in before and name != "Vary")
-            if len(self._cors) < _MAX_HOSTS:
+            if len(self._cors) < _MAX_CACHED:
                 self._cors[origin] = headers
         return headers
