@@ -18,6 +18,7 @@ import io
 import json
 import re
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -86,17 +87,34 @@ def _queued(body: bytes) -> list[dict[str, Any]]:
     key = queue.keys(0).queue
     items = client.lrange(key, 0, -1)
     client.delete(key)
+    sent = _client_ids(body)
     out = []
     for item in items:
         payload = queue.decode_event(item)
         received = payload.pop("t")
-        if payload["id"].encode() not in body.lower():
+        if payload["id"] not in sent:
             payload["id"] = "<made by the server>"
         if "w" in payload:
             w = payload["w"]
             payload["w"] = "received" if w == received else "oldest" if w == received - MAX_AGE_US else w
         out.append(payload)
     return out
+
+
+def _client_ids(body: bytes) -> set[str]:
+    """The event ids the body carries, in their canonical form (any form ``uuid.UUID`` reads)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return set()
+    events = data.get("events") if isinstance(data, dict) and "events" in data else [data]
+    ids = set()
+    for item in events if isinstance(events, list) else []:
+        try:
+            ids.add(str(uuid.UUID(str(item["event_id"]))))
+        except (TypeError, KeyError, ValueError, AttributeError):
+            continue
+    return ids
 
 
 def _environ(body: bytes, headers: dict[str, str], scheme: str, path: str = PATH) -> dict[str, Any]:
@@ -124,7 +142,7 @@ def _environ(body: bytes, headers: dict[str, str], scheme: str, path: str = PATH
 
 def _same_run(value: str) -> str:
     """A header value with what Django makes anew per request (a fresh CSRF secret, its cookie's expiry) masked."""
-    value = re.sub(r"csrftoken=[A-Za-z0-9]{32}", "csrftoken=<new secret>", value)
+    value = re.sub(r"=[A-Za-z0-9]{32};", "=<new secret>;", value)  # whatever CSRF_COOKIE_NAME is
     return re.sub(r"expires=[^;]+;", "expires=<a year on>;", value)
 
 

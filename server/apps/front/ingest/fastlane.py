@@ -34,9 +34,11 @@ for generated requests, and the queued event equal too.
 
 The lane models the middleware stack and view configuration it was written
 against (:data:`MODELLED_MIDDLEWARE`, the view's classes); if settings differ
-(another middleware, throttling on, a CORS signal handler, disallowed user
-agents, ``AB_FAST_LANE=false``) it switches itself off and Django serves every
-request, as before.
+(another middleware, throttling on, disallowed user agents, DRF's versioning
+or another exception handler, ``AB_FAST_LANE=false``) it switches itself off
+and Django serves every request, as before; per request it also steps aside
+while the authentication breaker is open and while a corsheaders signal
+handler is connected.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ import orjson
 from corsheaders.middleware import CorsMiddleware
 from corsheaders.signals import check_request_enabled
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse
 from django.http.request import split_domain_port, validate_host
@@ -61,9 +64,11 @@ from django.middleware.security import SecurityMiddleware
 from django.urls import resolve
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
+from rest_framework.settings import api_settings
 
 from server.apps.front.ingest import views
-from server.apps.front.ingest.errors import QUEUE_FULL_MESSAGE, QueueUnavailable, envelope
+from server.apps.front.ingest.authentication import OUTAGE
+from server.apps.front.ingest.errors import QUEUE_FULL_MESSAGE, QueueUnavailable, envelope, envelope_exception_handler
 from server.apps.front.ingest.parsers import ABEventJSONParser, PlainTextJSONParser
 from server.apps.front.ingest.serializers import BatchSerializer, fast_limits
 from server.apps.front.ingest.service import enqueue, event_validator, validate
@@ -114,6 +119,7 @@ _DJANGO_ONLY_HEADERS = (
     "HTTP_CONTENT_ENCODING",  # gzip: the body middleware inflates it
     "HTTP_ACCESS_CONTROL_REQUEST_PRIVATE_NETWORK",  # a CORS answer that depends on it
 )
+_SCRIPT_URLS = ("SCRIPT_URL", "REDIRECT_URL")
 _MAX_CACHED = 256  # distinct Host (allowed or not) and Origin values remembered; others are computed each time
 
 _Answer = tuple[str, list[tuple[str, str]], bytes]
@@ -185,6 +191,12 @@ def _view_mismatch(path: str) -> str:
         actual = getattr(view, name)
         if (list(actual) if isinstance(value, list) else actual) != value:
             return f"the view's {name} changed"
+    if view.versioning_class is not None:
+        return "the view has a versioning class"
+    if api_settings.EXCEPTION_HANDLER is not envelope_exception_handler:
+        return "REST_FRAMEWORK's EXCEPTION_HANDLER is not the envelope's"
+    if api_settings.UNAUTHENTICATED_USER is not AnonymousUser:
+        return "REST_FRAMEWORK's UNAUTHENTICATED_USER is not AnonymousUser"
     return ""
 
 
@@ -204,8 +216,6 @@ def build_config() -> LaneConfig:
         return _off("DISALLOWED_USER_AGENTS, PREPEND_WWW or USE_X_FORWARDED_HOST is set")
     if settings.FORCE_SCRIPT_NAME is not None:
         return _off("FORCE_SCRIPT_NAME is set")
-    if check_request_enabled.has_listeners(None):
-        return _off("a corsheaders check_request_enabled handler decides per request")
     for path in _VIEWS:
         mismatch = _view_mismatch(path)
         if mismatch:
@@ -255,6 +265,18 @@ def _template_request(path: str, origin: str | None = None) -> HttpRequest:
     return request
 
 
+class _Unreadable:
+    """A request body whose read failed in the lane, failing again the same way for Django."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def read(self, *args: Any) -> bytes:
+        raise self.error
+
+    readline = read
+
+
 class IngestFastLane:
     """WSGI middleware: answers the common ingest request itself, hands everything else to ``app``."""
 
@@ -297,6 +319,11 @@ class IngestFastLane:
         config = self.config
         if not config.enabled or not self._plain(environ, config):
             return None
+        # While the authentication breaker is open (a PostgreSQL error in the last seconds) Django's
+        # authentication skips the user lookup, so its answer lacks "Vary: Cookie"; and a corsheaders
+        # signal handler connected after start-up decides per request. Both: Django's path.
+        if OUTAGE.is_down() or check_request_enabled.receivers:
+            return None
         started = time.perf_counter()
         secure = self._is_secure(environ, config)
         if (config.redirect_insecure and not secure) or not self._host_allowed(environ, config):
@@ -308,7 +335,10 @@ class IngestFastLane:
             raw = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None  # Django's parser tries harder, and words the error
-        batch = self._valid_batch(raw, config) if path == BATCH_PATH else self._valid_event(raw)
+        try:
+            batch = self._valid_batch(raw, config) if path == BATCH_PATH else self._valid_event(raw)
+        except Exception:  # nothing is queued yet: Django's path runs the same code and answers what it raises
+            return None
         if batch is None:
             return None
         events, sent_at, accepted = batch
@@ -319,6 +349,10 @@ class IngestFastLane:
             return self._respond(environ, config, endpoint, 503, config.queue_full, secure, started, "queue_full")
         except queue.ERRORS:
             return self._respond(environ, config, endpoint, 503, config.queue_down, secure, started, "redis_down")
+        except Exception:
+            # Anything else comes from encoding the items, before the push (whose failures are the queue
+            # errors above): nothing was queued, and Django's path meets the same error (its JSON 500).
+            return None
         metrics.EVENTS_ACCEPTED.inc(accepted)
         if path == PATH:
             return self._respond(environ, config, endpoint, 201, config.created, secure, started)
@@ -328,7 +362,9 @@ class IngestFastLane:
     @staticmethod
     def _plain(environ: dict[str, Any], config: LaneConfig) -> bool:
         """An anonymous JSON POST with nothing Django would treat specially."""
-        if environ.get("QUERY_STRING") or environ.get("SCRIPT_NAME"):
+        # A script prefix (SCRIPT_NAME, or Apache's SCRIPT_URL / REDIRECT_URL) changes request.path, which the
+        # redirect exemptions and the latency middleware match on.
+        if environ.get("QUERY_STRING") or environ.get("SCRIPT_NAME") or any(k in environ for k in _SCRIPT_URLS):
             return False
         if environ.get("CONTENT_TYPE") not in _CONTENT_TYPES:
             return False
@@ -371,7 +407,11 @@ class IngestFastLane:
             return None
         if not 0 < length <= config.max_body:
             return None
-        body = environ["wsgi.input"].read(length)
+        try:
+            body = environ["wsgi.input"].read(length)
+        except Exception as exc:  # the client went away mid-body (OSError under most WSGI servers)
+            environ["wsgi.input"] = _Unreadable(exc)  # Django meets the same error: its 400
+            return None
         environ["wsgi.input"] = BytesIO(body)  # for Django, if the lane hands the request on
         return body if len(body) == length else None
 
